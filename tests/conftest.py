@@ -1,0 +1,52 @@
+"""Shared fixtures: offline hub, a tiny model with the real SmolLM2 tokenizer, paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+REAL_DATASETS = REPO.parent / "shared" / "datasets" / "real"
+LORADECK = [sys.executable, "-m", "tui.cli"]
+
+
+def real_dataset(name: str) -> Path:
+    """A file from ../shared/datasets/real, or skip when the folder is absent (a user's own clone)."""
+    path = REAL_DATASETS / name
+    if not path.is_file():
+        pytest.skip(f"real-world dataset {name} not present ({REAL_DATASETS} is absent outside the project's CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The bundled default model converted into the cache (converts once per machine, ~35 s)."""
+    from engine.models import resolve_model
+
+    return Path(resolve_model("smollm2-135m-instruct", progress=lambda message: None))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A 2-layer, hidden-64 Llama with the real SmolLM2 tokenizer: a training step costs milliseconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,1 @@
+"""loradeck's Textual front end and CLI. Never imports torch at module scope."""

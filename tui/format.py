@@ -1,0 +1,51 @@
+"""Small text formatters shared by screens (no Textual, no torch)."""
+
+from __future__ import annotations
+
+
+def format_duration(seconds: float | None) -> str:
+    """'2h05m', '4m09s', '12s' or '—'."""
+    if seconds is None:
+        return "—"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    """A compact number, or '—' when missing."""
+    if value is None:
+        return "—"
+    if value != value:  # NaN
+        return "NaN"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def format_bytes(count: float | None) -> str:
+    """'1.2 GB', '512 MB' or '—'."""
+    if count is None:
+        return "—"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def short_path(path: str | None) -> str:
+    """A path relative to the working directory when it lies below it, else as given."""
+    import os
+
+    if not path:
+        return "—"
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
