@@ -30,6 +30,31 @@ def _add_chat(sub) -> None:
     chat.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the base in 4-bit NF4")
 
 
+def _add_run_commands(sub) -> None:
+    train = sub.add_parser("train", help="start a training run (detached; returns at once)",
+                           description="Start training in a detached process that owns a run directory. "
+                                       "Losing the terminal never stops it.")
+    train.add_argument("config", help="the run's TOML config, e.g. sample_data/configs/demo.toml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.max_steps=20 (repeatable)")
+    train.add_argument("--run-dir", default=None, help="run directory (default: RUNS_DIR/<time>-<config name>)")
+    train.add_argument("--foreground", action="store_true",
+                       help="train in this terminal with a plain progress line (scripts, notebooks, CI)")
+
+    status = sub.add_parser("status", help="one-shot summary of a run", description="Summarise a live or finished run.")
+    status.add_argument("run_dir")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    stop = sub.add_parser("stop", help="graceful stop: save the adapter, then exit",
+                          description="Ask a live run to save its adapter and stop at the next step.")
+    stop.add_argument("run_dir")
+    stop.add_argument("--wait", action="store_true", help="wait until the trainer has saved and exited")
+
+    save = sub.add_parser("save", help="save a checkpoint now and keep training",
+                          description="Ask a live run to write a checkpoint at the next step.")
+    save.add_argument("run_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (no heavy imports)."""
     parser = argparse.ArgumentParser(
@@ -42,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the bundled and cached models",
                    description="List bundled models (converted or not yet) and models in the cache, with size and path.")
+    _add_run_commands(sub)
     _add_chat(sub)
     return parser
 
@@ -84,6 +110,99 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def _print_step(event: dict) -> None:
+    from tui.format import format_number
+
+    total = event.get("max_steps")
+    parts = [f"step {event['step']}" + (f"/{total}" if total else ""), f"loss {format_number(event.get('loss'))}",
+             f"lr {event['lr']:.2e}" if isinstance(event.get("lr"), float) else "lr —",
+             f"{event['tokens_per_s']:.0f} tok/s" if event.get("tokens_per_s") else "",
+             f"epoch {event.get('epoch', 0):.2f}"]
+    print("  ".join(p for p in parts if p), flush=True)
+
+
+def _cmd_train(args) -> int:
+    from engine.config import load_config
+    from engine.launcher import launch_detached, new_run_dir, prepare_run_dir
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, Path(args.config).stem)
+    paths = prepare_run_dir(run_dir, config)
+    if args.foreground:
+        from engine.session import run_class_for
+        from engine.trainer import run_training
+
+        print(f"run directory: {paths.root}", flush=True)
+        return run_training(paths.root, config, on_step=_print_step, run_class=run_class_for(config),
+                            progress=lambda message: print(message, flush=True))
+    pid = launch_detached(paths.root)
+    print(f"training started (pid {pid}) in {paths.root}\n"
+          f"  watch:   loradeck attach {paths.root}\n"
+          f"  status:  loradeck status {paths.root}\n"
+          f"  stop:    loradeck stop {paths.root}   (saves the adapter first)\n"
+          f"  log:     {paths.log_file}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    import json
+    import time
+
+    from engine.rundir import summarize_run
+    from tui.format import format_duration, format_number
+
+    summary = summarize_run(args.run_dir)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    steps = f"{summary.step}/{summary.max_steps}" if summary.max_steps else str(summary.step)
+    lines = [f"run        {summary.run_id}  [{summary.status}]" + (f"  pid {summary.pid}" if summary.pid else ""),
+             f"model      {summary.model or '—'}  ({summary.backend or 'backend not chosen yet'})",
+             f"data       {summary.dataset or '—'}",
+             f"step       {steps}   epoch {format_number(summary.epoch, 3)}",
+             f"loss       {format_number(summary.loss)}   eval {format_number(summary.eval_loss)}   "
+             f"lr {format_number(summary.learning_rate, 3)}   {format_number(summary.tokens_per_s, 4)} tok/s",
+             f"saved      {summary.checkpoints} checkpoints; last {summary.last_checkpoint or '—'}"]
+    if summary.deadline_at:
+        left = summary.deadline_at - time.time() if summary.status == "running" else summary.time_left_s
+        lines.append(f"session    {format_duration(left)} left")
+    if summary.handoff:
+        lines.append(f"handoff    {summary.handoff}")
+    if summary.started_at:
+        lines.append(f"running    {format_duration((summary.updated_at or time.time()) - summary.started_at)} "
+                     f"(last event {format_duration(time.time() - (summary.updated_at or time.time()))} ago)")
+    if summary.message:
+        lines.append(f"message    {summary.message}")
+    for warning in summary.warnings[-3:]:
+        lines.append(f"warning    {warning}")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_stop(args) -> int:
+    import time
+
+    from engine.control import send_command
+    from engine.rundir import summarize_run, trainer_pid
+
+    send_command(args.run_dir, "stop")
+    print(f"stop requested: {args.run_dir} saves its adapter at the next step boundary, then exits")
+    if args.wait:
+        while trainer_pid(args.run_dir) is not None:
+            time.sleep(0.5)
+        summary = summarize_run(args.run_dir)
+        print(f"{summary.status}: {summary.message or ''}")
+    return 0
+
+
+def _cmd_save(args) -> int:
+    from engine.control import send_command
+
+    send_command(args.run_dir, "save")
+    print(f"save requested: {args.run_dir} writes a checkpoint at the next step boundary")
+    return 0
+
+
 def _cmd_tui(args) -> int:
     from tui.app import LoradeckApp
 
@@ -94,6 +213,10 @@ def _cmd_tui(args) -> int:
 COMMANDS = {
     None: _cmd_tui,
     "models": _cmd_models,
+    "train": _cmd_train,
+    "status": _cmd_status,
+    "stop": _cmd_stop,
+    "save": _cmd_save,
     "chat": _cmd_chat,
 }
 

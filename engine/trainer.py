@@ -1,0 +1,480 @@
+"""The training process: TRL's SFTTrainer + a LoRA adapter, talking to the world through the run directory.
+
+The engine adds callbacks, not a hand-written loop: `RunDirectoryCallback`
+writes step/eval/telemetry events, obeys control commands and signals, and saves
+checkpoints atomically. `run_training` is what the detached worker and
+`--foreground` both call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.checkpoint import write_checkpoint
+from engine.config import RunConfig, dumps_config
+from engine.control import prepare_control_dir, take_commands
+from engine.errors import LoradeckError
+from engine.events import EventWriter
+from engine.rundir import RunPaths
+
+LOSS_TAIL = 50
+
+
+def base_fingerprint(model, name: str) -> dict[str, str]:
+    """Name plus a hash of the base model's config and a few of its weight tensors."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config",
+                     "use_cache"):
+        config.pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    sampled = 0
+    for key, tensor in base.state_dict().items():
+        if "lora_" in key or tensor.dtype.is_floating_point is False:
+            continue
+        # First elements of the first few float tensors, rounded so fp32/bf16 copies of one model agree.
+        values = tensor.detach().flatten()[:64].float().cpu()
+        digest.update(key.encode())
+        digest.update(bytes(str([round(v, 2) for v in values.tolist()]), "ascii"))
+        sampled += 1
+        if sampled == 4:
+            break
+    return {"name": name, "hash": digest.hexdigest()[:16]}
+
+
+class EpochShuffleSampler:
+    """Shuffles the rows with a fresh permutation per epoch drawn from (seed, epoch) alone.
+
+    The order is a pure function of the seed and epoch, so a resumed run on any
+    machine replays it exactly and skips the samples it already saw.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[int]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order(self.epoch))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_collator(pad_token_id: int):
+    """Right-pad input_ids/labels to the longest sample in the batch."""
+    import torch
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        longest = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), longest), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        attention = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
+            labels[row, :length] = torch.as_tensor(feature["labels"])
+            attention[row, :length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+    return collate
+
+
+def planned_steps(config: RunConfig, train_rows: int, world_size: int = 1) -> int:
+    """Optimizer steps the run will take: max_steps, or epochs over the data."""
+    if config.train.max_steps > 0:
+        return config.train.max_steps
+    return max(1, math.ceil(math.ceil(train_rows / (config.train.batch_size * world_size))
+                            / config.train.grad_accum * config.train.epochs))
+
+
+class StopFlag:
+    """Why the run should stop at the next step boundary (signal, stop command, deadline)."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.signal_name: str | None = None
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self.signal_name = signal.Signals(signum).name
+            if self.reason is None:
+                self.reason = "stopped"
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+class TrainingRun:
+    """State shared between run_training and the callback: paths, events, saving."""
+
+    def __init__(self, paths: RunPaths, config: RunConfig, events: EventWriter, stop: StopFlag):
+        self.paths = paths
+        self.config = config
+        self.events = events
+        self.stop = stop
+        self.model = None
+        self.trainer = None
+        self.fingerprint: dict[str, str] = {}
+        self.loss_tail: deque = deque(maxlen=LOSS_TAIL)
+        self.train_rows = 0
+        self.save_seconds: list[float] = []
+        self.with_optimizer = config.session.with_optimizer
+        self.last_saved_step = -1
+        self.extra_state: dict[str, Any] = {}
+
+    def state_dict(self, reason: str) -> dict[str, Any]:
+        state = self.trainer.state
+        per_step = self.config.train.batch_size * self.config.train.grad_accum
+        return {
+            "format": "loradeck-checkpoint/1",
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "max_steps": state.max_steps,
+            "samples_consumed": state.global_step * per_step,
+            "samples_per_epoch": self.train_rows,
+            "data_seed": self.config.train.seed,
+            "lr": self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None,
+            "lr_schedule_step": state.global_step,
+            "loss_tail": list(self.loss_tail),
+            "base_model": self.fingerprint,
+            "lora": {"r": self.config.lora.r, "alpha": self.config.lora.alpha,
+                     "target_modules": list(self.config.lora.target_modules)},
+            "with_optimizer": self.with_optimizer,
+            "reason": reason,
+            "saved_at": time.time(),
+            **self.extra_state,
+        }
+
+    def extra_files(self) -> dict[str, Any]:
+        import torch
+
+        # The HF Trainer's own resume format, so `train(resume_from_checkpoint=...)` can continue from it.
+        files: dict[str, Any] = {"trainer_state.json": json.dumps(dataclasses.asdict(self.trainer.state), indent=2,
+                                                                  sort_keys=True, default=str) + "\n"}
+        if self.trainer.lr_scheduler is not None:
+            files["scheduler.pt"] = self.trainer.lr_scheduler.state_dict()
+        if self.with_optimizer and self.trainer.optimizer is not None:
+            files["optimizer.pt"] = self.trainer.optimizer.state_dict()
+            files["rng_state.pth"] = {"python": __import__("random").getstate(), "cpu": torch.random.get_rng_state(),
+                                      "numpy": __import__("numpy").random.get_state()}
+        return files
+
+    def save(self, reason: str, *, final: bool = False) -> Path:
+        """Write `checkpoints/step-N` (and the final adapter when `final`), atomically, with events."""
+        started = time.monotonic()
+        step = self.trainer.state.global_step
+        target = self.paths.checkpoints / f"step-{step:06d}"
+        state = self.state_dict(reason)
+        config_toml = dumps_config(self.config)
+        write_checkpoint(target, model=self.model, state=state, config_toml=config_toml,
+                         extra_files=self.extra_files())
+        handoff = self.write_handoff(target, state, config_toml)
+        if final:
+            write_checkpoint(self.paths.adapter, model=self.model, state=state, config_toml=config_toml)
+        elapsed = time.monotonic() - started
+        self.save_seconds.append(elapsed)
+        self.last_saved_step = step
+        self.events.emit("checkpoint", step=step, path=str(target), handoff=str(handoff) if handoff else None,
+                         reason=reason, seconds=round(elapsed, 3), final=final)
+        self.events.sync()
+        return target
+
+    def write_handoff(self, checkpoint: Path, state: dict[str, Any], config_toml: str) -> Path | None:
+        """Overridden by the session clock (handoff bundles); plain runs keep checkpoints only."""
+        return None
+
+    def before_train(self, trainer, resume_from) -> None:
+        """Hook run just before `trainer.train()`."""
+
+    def after_step(self, state, control) -> None:
+        """Hook run at every step end, after commands and periodic saves."""
+
+    def handle_command(self, command: dict[str, Any], state) -> None:
+        """Commands beyond stop/save (the session clock handles `extend`)."""
+        self.events.emit("warning", step=state.global_step,
+                         message=f"'{command['command']}' ignored: this run has no session clock")
+
+    def emit_telemetry(self, step: int) -> None:
+        """One `telemetry` event: GPU devices (N/A without NVML), this process's allocator, host RAM/CPU."""
+        from engine.telemetry import collect_telemetry
+
+        self.events.emit("telemetry", step=step, **collect_telemetry())
+
+
+def _trainer_callback_class():
+    from transformers import TrainerCallback
+
+    class RunDirectoryCallback(TrainerCallback):
+        """Events out, commands in, checkpoints on schedule: the trainer's only link to the world."""
+
+        def __init__(self, run: TrainingRun, telemetry_every_s: float = 5.0,
+                     on_step: Callable[[dict], None] | None = None):
+            self.run = run
+            self.telemetry_every_s = telemetry_every_s
+            self.last_telemetry = 0.0
+            self.last_log_time = None
+            self.last_log_tokens = 0
+            self.step_started = None
+            self.on_step = on_step
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_log_time = time.monotonic()
+            self.last_log_tokens = state.num_input_tokens_seen or 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            run = self.run
+            for command in take_commands(run.paths):
+                run.events.emit("control", step=state.global_step, command=command["command"])
+                if command["command"] == "stop":
+                    run.stop.reason = run.stop.reason or "stopped"
+                elif command["command"] == "save":
+                    run.save("requested")
+                else:
+                    run.handle_command(command, state)
+            if run.stop.reason:
+                control.should_training_stop = True
+                return control
+            every = run.config.train.save_every
+            if every and state.global_step % every == 0 and state.global_step < state.max_steps:
+                run.save("periodic")
+            run.after_step(state, control)
+            if time.monotonic() - self.last_telemetry >= self.telemetry_every_s:
+                self.last_telemetry = time.monotonic()
+                run.emit_telemetry(state.global_step)
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.monotonic()
+            tokens = state.num_input_tokens_seen or 0
+            elapsed = max(now - (self.last_log_time or now), 1e-9)
+            tokens_per_s = (tokens - self.last_log_tokens) / elapsed if tokens else None
+            self.last_log_time, self.last_log_tokens = now, tokens
+            loss = float(logs["loss"])
+            self.run.loss_tail.append([state.global_step, loss])
+            event = self.run.events.emit(
+                "step", step=state.global_step, loss=loss if math.isfinite(loss) else str(loss),
+                lr=logs.get("learning_rate"), grad_norm=_finite(logs.get("grad_norm")),
+                epoch=round(state.epoch or 0.0, 4), tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
+                tokens_seen=tokens, max_steps=state.max_steps)
+            if self.on_step:
+                self.on_step(event)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            if "eval_loss" in metrics:
+                self.run.events.emit("eval", step=state.global_step, eval_loss=float(metrics["eval_loss"]),
+                                     seconds=metrics.get("eval_runtime"))
+
+    return RunDirectoryCallback
+
+
+def _finite(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class LoradeckSFTTrainer(SFTTrainer):
+        """SFTTrainer with a seed-determined data order and the model's own loss.
+
+        TRL computes its loss through a fused log-prob head that also feeds entropy
+        and token-accuracy metrics; the model's own cross-entropy is the same loss
+        without that per-step overhead (see bench/train_throughput.py).
+        """
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return EpochShuffleSampler(len(dataset), self.args.seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return LoradeckSFTTrainer
+
+
+def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype):
+    """SFTConfig with defaults chosen for the device, not TRL's GPU defaults."""
+    import torch
+    from trl import SFTConfig
+
+    report_to = list(config.train.report_to) or "none"
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.train.batch_size,
+        per_device_eval_batch_size=config.train.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        learning_rate=config.train.learning_rate,
+        lr_scheduler_type=config.train.lr_scheduler,
+        warmup_steps=config.train.warmup_steps,
+        weight_decay=config.train.weight_decay,
+        max_grad_norm=config.train.max_grad_norm if config.train.max_grad_norm > 0 else None,
+        num_train_epochs=config.train.epochs,
+        max_steps=config.train.max_steps,
+        logging_steps=config.train.log_every,
+        logging_first_step=True,
+        save_strategy="no",  # checkpoints are ours: atomic, with state.json
+        eval_strategy="steps" if has_eval and config.train.eval_every else "no",
+        eval_steps=config.train.eval_every or None,
+        report_to=report_to,
+        # bf16/fp16 only where the device computes them natively (choose_dtype decided).
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=torch_dtype == torch.float16,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        seed=config.train.seed,
+        data_seed=config.train.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=config.data.max_length,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        save_only_model=True,
+    )
+
+
+def _to_dataset(samples):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]})
+
+
+def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,
+                 on_step: Callable[[dict], None] | None = None, run_class: type[TrainingRun] = TrainingRun,
+                 progress: Callable[[str], None] | None = None) -> int:
+    """Train in this process, owning `run_dir`; returns the process exit code.
+
+    Writes every event, checkpoint and the final adapter into the run directory.
+    SIGTERM/SIGINT and `stop` commands save the adapter before returning.
+    """
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    prepare_control_dir(paths)
+    paths.pid_file.write_text(str(os.getpid()))
+    events = EventWriter(paths.events)
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    say = progress or (lambda message: None)
+    run = run_class(paths, config, events, stop)
+    try:
+        if not paths.config.exists():
+            paths.config.write_text(dumps_config(config), encoding="utf-8")
+        events.emit("started", pid=os.getpid(), model=config.model.name, dataset=config.data.path,
+                    resume_from=str(resume_from) if resume_from else None, host=os.uname().nodename,
+                    python=sys.version.split()[0])
+        return _train(run, resume_from, on_step, say)
+    except LoradeckError as exc:
+        events.emit("error", message=str(exc), kind=type(exc).__name__)
+        say(f"error: {exc}")
+        return exc.exit_code
+    except BaseException as exc:  # the run dir must say why the trainer died
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        if "out of memory" in message.lower():
+            message += " — lower train.batch_size or data.max_length, or set model.load_in_4bit=true"
+        events.emit("error", message=message, step=run.trainer.state.global_step if run.trainer else None,
+                    traceback=traceback.format_exc()[-4000:])
+        say(f"error: {message}")
+        return 1
+    finally:
+        events.close()
+        try:
+            if paths.pid_file.read_text().strip() == str(os.getpid()):
+                paths.pid_file.unlink()
+        except OSError:
+            pass
+
+
+def _train(run: TrainingRun, resume_from, on_step, say) -> int:
+    import torch
+
+    from engine.backends import build_peft_model, choose_backend
+    from engine.data import prepare_data
+    from engine.models import best_device, choose_dtype
+
+    config, events = run.config, run.events
+    device = best_device()
+    backend = choose_backend(config.backend.name, device)
+    torch.manual_seed(config.train.seed)
+    say(f"loading {config.model.name} on {device} ({backend.name})")
+    loaded_at = time.monotonic()
+    model, tokenizer = build_peft_model(config, device, backend, say)
+    run.model = model
+    run.fingerprint = base_fingerprint(model, config.model.name)
+    data = prepare_data(config.data, tokenizer, config.train.seed)
+    run.train_rows = len(data.train)
+    for note in data.notes:
+        events.emit("warning", message=note)
+    torch_dtype = choose_dtype(config.model.dtype, device)
+    trainable, total = model.get_nb_trainable_parameters()
+    max_steps = planned_steps(config, len(data.train))
+    events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
+                dtype=str(torch_dtype).replace("torch.", ""), load_in_4bit=config.model.load_in_4bit,
+                trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
+                data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
+                eval_rows=len(data.eval), max_steps=max_steps)
+    say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
+        f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
+    if run.stop.reason:
+        events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
+        return 0
+
+    sft_config = build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device, torch_dtype)
+    callback = _trainer_callback_class()(run, on_step=on_step)
+    trainer = _trainer_class()(
+        model=model, args=sft_config, train_dataset=_to_dataset(data.train),
+        eval_dataset=_to_dataset(data.eval) if data.eval else None, processing_class=tokenizer,
+        data_collator=make_collator(tokenizer.pad_token_id), callbacks=[callback])
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them
+        trainer.remove_callback(noisy)
+    run.trainer = trainer
+    run.before_train(trainer, resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    step = trainer.state.global_step
+    reason = run.stop.reason or "completed"
+    if data.eval and config.train.eval_every == 0 and reason == "completed":
+        metrics = trainer.evaluate()
+        events.emit("eval", step=step, eval_loss=float(metrics["eval_loss"]))
+    run.save(reason if reason != "completed" else "final", final=True)
+    message = {"completed": f"trained {step} steps",
+               "stopped": f"stopped at step {step} ({run.stop.signal_name or 'stop command'}); adapter saved",
+               "deadline": f"stopped at step {step} before the session deadline; adapter saved"}.get(reason, reason)
+    events.emit("finished", reason=reason, step=step, loss=run.loss_tail[-1][1] if run.loss_tail else None,
+                adapter=str(run.paths.adapter), message=message)
+    say(message)
+    return 0
