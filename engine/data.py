@@ -107,7 +107,8 @@ def _read_json(path: Path, text: str) -> list[Record]:
     except json.JSONDecodeError as exc:
         if exc.msg.startswith("Extra data"):
             return _read_jsonl(path, text)  # JSON lines saved with a .json name
-        hint = "the file looks cut off — re-export it" if exc.pos >= len(text.rstrip()) - 1 else "fix the JSON there"
+        cut_off = not text.rstrip().endswith(("]", "}"))
+        hint = "the file looks cut off — re-export it" if cut_off else "fix the JSON there"
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}) — {hint}") from None
     if isinstance(value, dict):
         lists = [key for key, item in value.items() if isinstance(item, list)]
@@ -252,9 +253,7 @@ def _text(value: Any, where: str, name: str) -> str:
     if isinstance(value, list):
         parts = []
         for index, part in enumerate(value):
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
             elif isinstance(part, dict) and part.get("type") in ("image", "image_url", "input_image", "audio"):
                 raise DataError(f"{where}: {name}[{index}] is a {part['type']} part — loradeck trains text models; "
@@ -459,6 +458,8 @@ def render(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, 
 def tokenize_conversations(tokenizer, conversations: list[Conversation], max_length: int,
                            train_on: str = "completions") -> list[TokenizedSample]:
     """Render and tokenize in one batched call; label tokens inside assistant spans (or all tokens)."""
+    if not conversations:
+        return []
     rendered = [render(tokenizer, conversation) for conversation in conversations]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     samples = []

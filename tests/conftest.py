@@ -50,3 +50,21 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_config(model_dir, *overrides: str):
+    """A RunConfig training the tiny model on the demo data, fast: a step costs milliseconds."""
+    from engine.config import load_config
+
+    return load_config(SAMPLE_DATA / "configs" / "demo.toml", [
+        f"model.name={model_dir}", "data.max_length=128", "train.batch_size=2", "train.max_steps=3",
+        "train.save_every=0", "train.eval_every=0", "train.warmup_steps=0", "probe.prompts=[]",
+        "train.learning_rate=1e-2", *overrides])
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(default_model_dir):
+    """The real SmolLM2 tokenizer with its chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
