@@ -41,6 +41,14 @@ def _add_run_commands(sub) -> None:
     train.add_argument("--foreground", action="store_true",
                        help="train in this terminal with a plain progress line (scripts, notebooks, CI)")
 
+    preflight = sub.add_parser("preflight", help="will this run fit in memory? estimate + measured probe",
+                               description="Estimate the memory a run needs and measure one forward+backward on "
+                                           "the longest batch; exits 1 when it won't fit.")
+    preflight.add_argument("config")
+    preflight.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    preflight.add_argument("--no-probe", action="store_true", help="estimate only, skip the measured step")
+    preflight.add_argument("--json", action="store_true", help="machine-readable output")
+
     status = sub.add_parser("status", help="one-shot summary of a run", description="Summarise a live or finished run.")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -144,6 +152,26 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_preflight(args) -> int:
+    import json
+
+    from engine.config import load_config
+    from engine.preflight import WONT_FIT, run_preflight
+
+    config = load_config(args.config, args.overrides)
+    report = run_preflight(config, measure=not args.no_probe,
+                           progress=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"verdict: {report.verdict.upper()}")
+        for reason in report.reasons:
+            print(f"  {reason}")
+        for suggestion in report.suggestions:
+            print(f"  try: {suggestion}")
+    return 1 if report.verdict == WONT_FIT else 0
+
+
 def _cmd_status(args) -> int:
     import json
     import time
@@ -215,6 +243,7 @@ COMMANDS = {
     "models": _cmd_models,
     "train": _cmd_train,
     "status": _cmd_status,
+    "preflight": _cmd_preflight,
     "stop": _cmd_stop,
     "save": _cmd_save,
     "chat": _cmd_chat,

@@ -128,3 +128,19 @@ def test_replacing_a_checkpoint_swaps_it_whole(tmp_path):
     write_checkpoint(target, model=QuickModel(), state={"global_step": 2}, config_toml="")
     assert read_state(target)["global_step"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["handoff"]
+
+
+@pytest.mark.parametrize("name", ["alpaca_en_demo.json", "identity.json", "glaive_toolcall_en_demo.json",
+                                  "c4_demo.jsonl", "dpo_en_demo.json"])
+def test_trains_on_every_real_world_file(name, tiny_model_dir, tmp_path):
+    from tests.conftest import real_dataset
+
+    path = real_dataset(name)
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, f"data.path={path}", "data.eval_path=", "data.eval_split=0.05",
+                         "train.max_steps=2", "data.max_length=256")
+    assert run_training(run_dir, config) == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert [e["type"] for e in events].count("step") == 2
+    if name == "dpo_en_demo.json":
+        assert any(e["type"] == "warning" and "chosen" in e["message"] for e in events)
