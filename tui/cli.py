@@ -145,7 +145,6 @@ def _cmd_train(args) -> int:
                             progress=lambda message: print(message, flush=True))
     pid = launch_detached(paths.root)
     print(f"training started (pid {pid}) in {paths.root}\n"
-          f"  watch:   loradeck attach {paths.root}\n"
           f"  status:  loradeck status {paths.root}\n"
           f"  stop:    loradeck stop {paths.root}   (saves the adapter first)\n"
           f"  log:     {paths.log_file}")

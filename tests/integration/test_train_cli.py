@@ -51,7 +51,7 @@ def test_detached_run_obeys_save_then_stop_and_status_reports_it(tiny_model_dir,
     run_dir = tmp_path / "run"
     started = loradeck("train", DEMO, "--run-dir", str(run_dir), *tiny_sets(tiny_model_dir, "train.max_steps=100000"))
     assert started.returncode == 0, started.stderr
-    assert f"loradeck attach {run_dir}" in started.stdout
+    assert f"loradeck status {run_dir}" in started.stdout and f"loradeck stop {run_dir}" in started.stdout
     wait_for(lambda: len(steps_logged(run_dir)) >= 2)
     assert loradeck("save", str(run_dir)).returncode == 0
     wait_for(lambda: any(e["type"] == "checkpoint" and e["reason"] == "requested"

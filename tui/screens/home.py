@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -61,6 +62,11 @@ class HomeScreen(Screen):
                 f"LoRA     r={config.lora.r} alpha={config.lora.alpha}\n"
                 f"backend  {config.backend.name}")
 
+    def _status_text(self, status: str) -> Text:
+        """The status word coloured from the active theme (DataTable cells take Rich styles, not $variables)."""
+        colour = self.app.theme_variables.get(STATUS_THEME_VARIABLE.get(status, "text-muted"))
+        return Text(status, style=colour or "")
+
     def action_refresh_runs(self) -> None:
         """Re-read the runs folder and redraw the table, keeping the cursor."""
         from engine.rundir import list_runs
@@ -75,7 +81,7 @@ class HomeScreen(Screen):
             if run.deadline_at and run.status == "running":
                 left = run.deadline_at - now
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(run.run_id, f"[{_status_style(run.status)}]{run.status}[/]", steps,
+            table.add_row(run.run_id, self._status_text(run.status), steps,
                           format_number(run.loss), format_number(run.eval_loss), format_duration(left),
                           run.model or "—", key=run.path)
         if runs:
@@ -86,6 +92,5 @@ class HomeScreen(Screen):
                      "  loradeck train sample_data/configs/demo.toml")
 
 
-def _status_style(status: str) -> str:
-    return {"running": "$primary", "finished": "$success", "failed": "$error", "lost": "$error",
-            "deadline": "$warning", "stopped": "$warning"}.get(status, "$text-muted")
+STATUS_THEME_VARIABLE = {"running": "primary", "finished": "success", "failed": "error", "lost": "error",
+                         "deadline": "warning", "stopped": "warning"}
