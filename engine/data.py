@@ -171,7 +171,7 @@ def read_records(path: str | Path) -> list[Record]:
             raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
         return _read_table(table.to_pylist(), str(source))
     raw = source.read_bytes()
-    if suffix in (".parquet",) or raw[:4] == b"PAR1":
+    if raw[:4] == b"PAR1":
         raise DataError(f"{path}: Parquet content with a {suffix} name — rename it to .parquet")
     text = _check_text(source, raw)
     if suffix == ".jsonl" or suffix == ".ndjson":

@@ -166,6 +166,9 @@ class TrainingRun:
         }
 
     def extra_files(self) -> dict[str, Any]:
+        import random
+
+        import numpy
         import torch
 
         # The HF Trainer's own resume format, so `train(resume_from_checkpoint=...)` can continue from it.
@@ -175,8 +178,8 @@ class TrainingRun:
             files["scheduler.pt"] = self.trainer.lr_scheduler.state_dict()
         if self.with_optimizer and self.trainer.optimizer is not None:
             files["optimizer.pt"] = self.trainer.optimizer.state_dict()
-            files["rng_state.pth"] = {"python": __import__("random").getstate(), "cpu": torch.random.get_rng_state(),
-                                      "numpy": __import__("numpy").random.get_state()}
+            files["rng_state.pth"] = {"python": random.getstate(), "cpu": torch.random.get_rng_state(),
+                                      "numpy": numpy.random.get_state()}
         return files
 
     def save(self, reason: str, *, final: bool = False) -> Path:

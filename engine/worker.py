@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.trainer import run_training
 
     try:
-        config = load_config(RunPaths(__import__("pathlib").Path(args.run_dir)).config)
+        config = load_config(RunPaths(Path(args.run_dir)).config)
     except LoradeckError as exc:
         print(f"loradeck worker: {exc}", file=sys.stderr)
         return exc.exit_code
