@@ -25,6 +25,8 @@ test: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/train_throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/resume_gap.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/session_deadline.py
 
 clean:
 	rm -rf $(VENV)

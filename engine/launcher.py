@@ -40,6 +40,15 @@ def prepare_run_dir(run_dir: str | Path, config: RunConfig) -> RunPaths:
     return paths
 
 
+def stage_bundle(bundle: str | Path, run_dir: str | Path) -> Path:
+    """Copy (hard-link) a verified bundle into `RUN_DIR/resumed-from/`, the copy the new run resumes from."""
+    from engine.checkpoint import write_linked_folder
+
+    target = Path(run_dir) / "resumed-from"
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return write_linked_folder(target, Path(bundle))
+
+
 def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = None, wait_s: float = 15.0) -> int:
     """Start `python -m engine.worker RUN_DIR` in its own session (immune to SSH hang-ups); returns its pid.
 

@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.checkpoint import write_checkpoint
+from engine.checkpoint import remove_stale_staging, write_checkpoint
 from engine.config import RunConfig, dumps_config
 from engine.control import prepare_control_dir, take_commands
 from engine.errors import LoradeckError
@@ -31,26 +31,39 @@ from engine.rundir import RunPaths
 LOSS_TAIL = 50
 
 
-def base_fingerprint(model, name: str) -> dict[str, str]:
-    """Name plus a hash of the base model's config and a few of its weight tensors."""
+def base_fingerprint(model, name: str) -> dict[str, Any]:
+    """Name, a hash of the base model's config, and a sample of weights that 4-bit loading keeps in float.
+
+    Embedding and norm tensors stay floating point under NF4, so a QLoRA bundle and
+    a bf16 reload of the same model agree; `same_base` compares samples with a tolerance.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config",
-                     "use_cache"):
+                     "use_cache", "architectures", "pretraining_tp"):
         config.pop(volatile, None)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    sampled = 0
+    sample: dict[str, list[float]] = {}
     for key, tensor in base.state_dict().items():
-        if "lora_" in key or tensor.dtype.is_floating_point is False:
+        if "lora_" in key or not tensor.dtype.is_floating_point or not ("embed" in key or "norm" in key):
             continue
-        # First elements of the first few float tensors, rounded so fp32/bf16 copies of one model agree.
-        values = tensor.detach().flatten()[:64].float().cpu()
-        digest.update(key.encode())
-        digest.update(bytes(str([round(v, 2) for v in values.tolist()]), "ascii"))
-        sampled += 1
-        if sampled == 4:
+        sample[key.removeprefix("base_model.model.")] = [float(f"{v:.6g}") for v in tensor.detach().flatten()[:16].float().cpu().tolist()]
+        if len(sample) == 3:
             break
-    return {"name": name, "hash": digest.hexdigest()[:16]}
+    return {"name": name, "hash": digest.hexdigest()[:16], "sample": sample}
+
+
+def same_base(recorded: dict[str, Any], loaded: dict[str, Any], tolerance: float = 1e-2) -> bool:
+    """Whether two fingerprints describe one base model (same config, weight samples equal within bf16 rounding)."""
+    if recorded.get("hash") != loaded.get("hash"):
+        return False
+    for key, values in (recorded.get("sample") or {}).items():
+        other = (loaded.get("sample") or {}).get(key)
+        if other is None or len(other) != len(values):
+            return False
+        if any(abs(a - b) > tolerance * abs(a) + 1e-6 for a, b in zip(values, other)):
+            return False
+    return True
 
 
 class EpochShuffleSampler:
@@ -125,7 +138,11 @@ class StopFlag:
 
 
 class TrainingRun:
-    """State shared between run_training and the callback: paths, events, saving."""
+    """State shared between run_training and the callback: paths, events, timing, saving.
+
+    Subclasses (the session clock) override the hooks `on_train_begin`,
+    `should_stop_after_step`, `after_step` and `handle_command`.
+    """
 
     def __init__(self, paths: RunPaths, config: RunConfig, events: EventWriter, stop: StopFlag):
         self.paths = paths
@@ -134,25 +151,38 @@ class TrainingRun:
         self.stop = stop
         self.model = None
         self.trainer = None
-        self.fingerprint: dict[str, str] = {}
+        self.fingerprint: dict[str, Any] = {}
         self.loss_tail: deque = deque(maxlen=LOSS_TAIL)
         self.train_rows = 0
-        self.save_seconds: list[float] = []
+        self.data_files: list = []
+        self.save_seconds: deque = deque(maxlen=20)
+        self.step_seconds: deque = deque(maxlen=20)
+        self.eval_seconds: deque = deque(maxlen=5)
         self.with_optimizer = config.session.with_optimizer
         self.last_saved_step = -1
-        self.extra_state: dict[str, Any] = {}
+        self.resumed_from: dict[str, Any] | None = None
+        self.eval_overhead = 0.0
+        self.eval_batches = 0
+
+    def samples_consumed(self, global_step: int) -> int:
+        """Training rows used so far, counting partial last batches of finished epochs exactly."""
+        per_step = self.config.train.batch_size * self.config.train.grad_accum
+        rows = max(self.train_rows, 1)
+        steps_per_epoch = max(1, math.ceil(math.ceil(rows / self.config.train.batch_size) / self.config.train.grad_accum))
+        epochs, steps_in_epoch = divmod(global_step, steps_per_epoch)
+        return epochs * rows + min(steps_in_epoch * per_step, rows)
 
     def state_dict(self, reason: str) -> dict[str, Any]:
         state = self.trainer.state
-        per_step = self.config.train.batch_size * self.config.train.grad_accum
         return {
             "format": "loradeck-checkpoint/1",
             "global_step": state.global_step,
             "epoch": state.epoch,
             "max_steps": state.max_steps,
-            "samples_consumed": state.global_step * per_step,
+            "samples_consumed": self.samples_consumed(state.global_step),
             "samples_per_epoch": self.train_rows,
             "data_seed": self.config.train.seed,
+            "data_files": [f.to_dict() for f in self.data_files],
             "lr": self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None,
             "lr_schedule_step": state.global_step,
             "loss_tail": list(self.loss_tail),
@@ -160,9 +190,9 @@ class TrainingRun:
             "lora": {"r": self.config.lora.r, "alpha": self.config.lora.alpha,
                      "target_modules": list(self.config.lora.target_modules)},
             "with_optimizer": self.with_optimizer,
+            "resumed_from": self.resumed_from,
             "reason": reason,
             "saved_at": time.time(),
-            **self.extra_state,
         }
 
     def extra_files(self) -> dict[str, Any]:
@@ -178,36 +208,48 @@ class TrainingRun:
             files["scheduler.pt"] = self.trainer.lr_scheduler.state_dict()
         if self.with_optimizer and self.trainer.optimizer is not None:
             files["optimizer.pt"] = self.trainer.optimizer.state_dict()
-            files["rng_state.pth"] = {"python": random.getstate(), "cpu": torch.random.get_rng_state(),
-                                      "numpy": numpy.random.get_state()}
+            rng = {"python": random.getstate(), "cpu": torch.random.get_rng_state(), "numpy": numpy.random.get_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.random.get_rng_state()
+            files["rng_state.pth"] = rng
         return files
 
     def save(self, reason: str, *, final: bool = False) -> Path:
-        """Write `checkpoints/step-N` (and the final adapter when `final`), atomically, with events."""
+        """Write `checkpoints/step-N`, refresh `handoff/` (and `adapter/` when `final`), atomically, with events."""
+        from engine.checkpoint import write_linked_folder
+        from engine.handoff import write_handoff
+
         started = time.monotonic()
         step = self.trainer.state.global_step
         target = self.paths.checkpoints / f"step-{step:06d}"
         state = self.state_dict(reason)
-        config_toml = dumps_config(self.config)
-        write_checkpoint(target, model=self.model, state=state, config_toml=config_toml,
+        write_checkpoint(target, model=self.model, state=state, config_toml=dumps_config(self.config),
                          extra_files=self.extra_files())
-        handoff = self.write_handoff(target, state, config_toml)
+        handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files)
         if final:
-            write_checkpoint(self.paths.adapter, model=self.model, state=state, config_toml=config_toml)
+            write_linked_folder(self.paths.adapter, target)
         elapsed = time.monotonic() - started
         self.save_seconds.append(elapsed)
         self.last_saved_step = step
-        self.events.emit("checkpoint", step=step, path=str(target), handoff=str(handoff) if handoff else None,
-                         reason=reason, seconds=round(elapsed, 3), final=final)
+        self.events.emit("checkpoint", step=step, path=str(target), handoff=str(handoff), reason=reason,
+                         seconds=round(elapsed, 3), final=final)
         self.events.sync()
         return target
 
-    def write_handoff(self, checkpoint: Path, state: dict[str, Any], config_toml: str) -> Path | None:
-        """Overridden by the session clock (handoff bundles); plain runs keep checkpoints only."""
+    def has_time_for(self, eval_batches: int) -> bool:
+        """Hook: whether a final eval of `eval_batches` batches fits before the deadline (always, without one)."""
+        return True
+
+    def refuse_start(self) -> str | None:
+        """Hook: why training must not start at all (no session time left), or None."""
         return None
 
-    def before_train(self, trainer, resume_from) -> None:
-        """Hook run just before `trainer.train()`."""
+    def on_train_begin(self, state, control) -> None:
+        """Hook run when the training loop starts (after a resume has restored the state)."""
+
+    def should_stop_after_step(self, state, control, *, save_due: bool) -> str | None:
+        """Hook: a reason to stop now (the session clock's "deadline"), or None to keep training."""
+        return None
 
     def after_step(self, state, control) -> None:
         """Hook run at every step end, after commands and periodic saves."""
@@ -237,18 +279,23 @@ def _trainer_callback_class():
             self.last_telemetry = 0.0
             self.last_log_time = None
             self.last_log_tokens = 0
-            self.step_started = None
+            self.last_step_end = time.monotonic()
             self.on_step = on_step
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last_log_time = time.monotonic()
             self.last_log_tokens = state.num_input_tokens_seen or 0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step_started = time.monotonic()
+            self.last_step_end = time.monotonic()
+            # A resumed TrainerState carries the old run's logging/eval/save intervals; this run's config wins.
+            state.compute_steps(args, state.max_steps)
+            self.run.on_train_begin(state, control)
 
         def on_step_end(self, args, state, control, **kwargs):
             run = self.run
+            # Wall time of the step just taken: data, forward, backward, optimizer, logging — not our
+            # saves (they happen after `last_step_end` is stamped) and not eval (timed on its own).
+            run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
+            run.eval_overhead = 0.0
             for command in take_commands(run.paths):
                 run.events.emit("control", step=state.global_step, command=command["command"])
                 if command["command"] == "stop":
@@ -257,16 +304,21 @@ def _trainer_callback_class():
                     run.save("requested")
                 else:
                     run.handle_command(command, state)
+            every = run.config.train.save_every
+            save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
+            if not run.stop.reason:
+                run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
             if run.stop.reason:
                 control.should_training_stop = True
+                control.should_evaluate = False  # the final save matters more than one more eval
                 return control
-            every = run.config.train.save_every
-            if every and state.global_step % every == 0 and state.global_step < state.max_steps:
+            if save_due:
                 run.save("periodic")
             run.after_step(state, control)
             if time.monotonic() - self.last_telemetry >= self.telemetry_every_s:
                 self.last_telemetry = time.monotonic()
                 run.emit_telemetry(state.global_step)
+            self.last_step_end = time.monotonic()
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -304,6 +356,10 @@ def _finite(value):
     return value if math.isfinite(value) else str(value)
 
 
+class _EvalInterrupted(Exception):
+    """Raised inside eval when the run must stop; never escapes the trainer."""
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
@@ -315,6 +371,8 @@ def _trainer_class():
         without that per-step overhead (see bench/train_throughput.py).
         """
 
+        loradeck_run: TrainingRun | None = None
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             return EpochShuffleSampler(len(dataset), self.args.seed)
@@ -324,6 +382,38 @@ def _trainer_class():
 
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+
+        def prediction_step(self, *args, **kwargs):
+            if self.loradeck_run is not None and self.loradeck_run.stop.reason:
+                raise _EvalInterrupted()
+            return super().prediction_step(*args, **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            started = time.monotonic()
+            try:
+                return super().evaluate(*args, **kwargs)
+            except _EvalInterrupted:
+                # A signal or the deadline arrived mid-eval: drop the eval, stop, and save now.
+                self.control.should_training_stop = True
+                return {}
+            finally:
+                elapsed = time.monotonic() - started
+                if self.loradeck_run is not None:
+                    self.loradeck_run.eval_seconds.append(elapsed)
+                    self.loradeck_run.eval_overhead += elapsed
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            import torch
+
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is None or os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+                return
+            scheduler_file = os.path.join(checkpoint, "scheduler.pt")
+            if os.path.isfile(scheduler_file) and self.lr_scheduler is not None:
+                # Adapter-only bundle: a fresh optimizer, but the LR schedule continues where it stopped.
+                self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+                for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                    group["lr"] = lr
 
     return LoradeckSFTTrainer
 
@@ -387,6 +477,8 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     paths.root.mkdir(parents=True, exist_ok=True)
     prepare_control_dir(paths)
     paths.pid_file.write_text(str(os.getpid()))
+    for folder in (paths.root, paths.checkpoints):
+        remove_stale_staging(folder)
     events = EventWriter(paths.events)
     stop = StopFlag()
     stop.install_signal_handlers()
@@ -427,7 +519,14 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     from engine.data import prepare_data
     from engine.models import best_device, choose_dtype
 
+    from engine.handoff import check_fingerprint, describe_data_files
+
     config, events = run.config, run.events
+    bundle_state = None
+    if resume_from:
+        from engine.checkpoint import verify_checkpoint
+
+        bundle_state = verify_checkpoint(resume_from)
     device = best_device()
     backend = choose_backend(config.backend.name, device)
     torch.manual_seed(config.train.seed)
@@ -436,8 +535,12 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     model, tokenizer = build_peft_model(config, device, backend, say)
     run.model = model
     run.fingerprint = base_fingerprint(model, config.model.name)
+    if bundle_state is not None:
+        check_fingerprint(bundle_state, run.fingerprint)
     data = prepare_data(config.data, tokenizer, config.train.seed)
     run.train_rows = len(data.train)
+    run.eval_batches = math.ceil(len(data.eval) / config.train.batch_size)
+    run.data_files = describe_data_files(config)
     for note in data.notes:
         events.emit("warning", message=note)
     torch_dtype = choose_dtype(config.model.dtype, device)
@@ -465,14 +568,31 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them
         trainer.remove_callback(noisy)
     run.trainer = trainer
-    run.before_train(trainer, resume_from)
+    trainer.loradeck_run = run
+    if bundle_state is not None:
+        run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
+                            "host": os.uname().nodename}
+        run.loss_tail.extend(bundle_state.get("loss_tail") or [])
+        events.emit("resumed", step=bundle_state["global_step"], epoch=bundle_state.get("epoch"),
+                    bundle=str(resume_from), with_optimizer=bool(bundle_state.get("with_optimizer")),
+                    loss_tail=bundle_state.get("loss_tail") or [], lr=bundle_state.get("lr"),
+                    samples_consumed=bundle_state.get("samples_consumed"))
+        if bundle_state["global_step"] >= max_steps:
+            events.emit("finished", reason="completed", step=bundle_state["global_step"],
+                        message=f"nothing to do: the bundle is at step {bundle_state['global_step']} of {max_steps}")
+            return 0
+    refusal = run.refuse_start()
+    if refusal:
+        events.emit("finished", reason="deadline", step=bundle_state["global_step"] if bundle_state else 0,
+                    message=refusal)
+        say(refusal)
+        return 0
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     step = trainer.state.global_step
     reason = run.stop.reason or "completed"
-    if data.eval and config.train.eval_every == 0 and reason == "completed":
-        metrics = trainer.evaluate()
-        events.emit("eval", step=step, eval_loss=float(metrics["eval_loss"]))
+    if data.eval and config.train.eval_every == 0 and reason == "completed" and run.has_time_for(run.eval_batches):
+        trainer.evaluate()  # the callback's on_evaluate writes the eval event
     run.save(reason if reason != "completed" else "final", final=True)
     message = {"completed": f"trained {step} steps",
                "stopped": f"stopped at step {step} ({run.stop.signal_name or 'stop command'}); adapter saved",
