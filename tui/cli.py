@@ -30,6 +30,32 @@ def _add_chat(sub) -> None:
     chat.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the base in 4-bit NF4")
 
 
+def _add_session_flags(parser) -> None:
+    group = parser.add_argument_group("session clock (free-tier GPUs end sessions after N hours)")
+    group.add_argument("--session", metavar="DURATION", default=None,
+                       help="session budget, e.g. 9h30m or 120s (session.budget)")
+    group.add_argument("--preset", choices=("kaggle", "colab"), default=None,
+                       help="free-tier budget preset: kaggle 12h, colab 11h (session.preset)")
+    group.add_argument("--deadline", metavar="ISO_TIME", default=None,
+                       help="absolute deadline, e.g. 2026-11-24T03:00 (session.deadline)")
+    group.add_argument("--session-start", choices=("process", "auto"), default=None,
+                       help="count the budget from the trainer's start or the container's (auto)")
+    group.add_argument("--with-optimizer", action="store_true",
+                       help="put optimizer + RNG state in the handoff bundle for an exact resume")
+
+
+def _session_overrides(args) -> list[str]:
+    overrides = []
+    for flag, key in (("session", "budget"), ("preset", "preset"), ("deadline", "deadline"),
+                      ("session_start", "start")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"session.{key}={value}")
+    if args.with_optimizer:
+        overrides.append("session.with_optimizer=true")
+    return overrides
+
+
 def _add_run_commands(sub) -> None:
     train = sub.add_parser("train", help="start a training run (detached; returns at once)",
                            description="Start training in a detached process that owns a run directory. "
@@ -40,6 +66,29 @@ def _add_run_commands(sub) -> None:
     train.add_argument("--run-dir", default=None, help="run directory (default: RUNS_DIR/<time>-<config name>)")
     train.add_argument("--foreground", action="store_true",
                        help="train in this terminal with a plain progress line (scripts, notebooks, CI)")
+    _add_session_flags(train)
+
+    resume = sub.add_parser("resume", help="continue a run from a handoff bundle, on any machine",
+                            description="Continue training from a handoff bundle (RUN_DIR/handoff, a copy of it, "
+                                        "or a checkpoint) in a new run directory: next step, same data order, "
+                                        "same LR schedule position, same adapter.")
+    resume.add_argument("bundle", help="a handoff bundle folder, a checkpoint folder, or a run directory")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set data.path=/data/train.jsonl (repeatable)")
+    resume.add_argument("--run-dir", default=None, help="new run directory (default: RUNS_DIR/<time>-<name>)")
+    resume.add_argument("--foreground", action="store_true", help="train in this terminal")
+    _add_session_flags(resume)
+
+    attach = sub.add_parser("attach", help="open the monitor on a live or finished run",
+                            description="Open the TUI's monitor on a run directory: live curves, GPU/host memory, "
+                                        "session countdown and controls, with the run's full history. Quitting "
+                                        "never touches the run.")
+    attach.add_argument("run_dir")
+
+    extend = sub.add_parser("extend", help="move a live run's session deadline later",
+                            description="Tell a live run its session lasts longer (you bought more time).")
+    extend.add_argument("run_dir")
+    extend.add_argument("duration", help="extra time, e.g. 30m or 1h30m")
 
     preflight = sub.add_parser("preflight", help="will this run fit in memory? estimate + measured probe",
                                description="Estimate the memory a run needs and measure one forward+backward on "
@@ -49,8 +98,9 @@ def _add_run_commands(sub) -> None:
     preflight.add_argument("--no-probe", action="store_true", help="estimate only, skip the measured step")
     preflight.add_argument("--json", action="store_true", help="machine-readable output")
 
-    status = sub.add_parser("status", help="one-shot summary of a run", description="Summarise a live or finished run.")
-    status.add_argument("run_dir")
+    status = sub.add_parser("status", help="one-shot summary of a run or a handoff bundle",
+                            description="Summarise a live or finished run, or a handoff bundle.")
+    status.add_argument("run_dir", help="a run directory or a handoff bundle")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     stop = sub.add_parser("stop", help="graceful stop: save the adapter, then exit",
@@ -129,25 +179,119 @@ def _print_step(event: dict) -> None:
     print("  ".join(p for p in parts if p), flush=True)
 
 
-def _cmd_train(args) -> int:
-    from engine.config import load_config
-    from engine.launcher import launch_detached, new_run_dir, prepare_run_dir
+def _start_training(args, config, paths, resume_from: Path | None = None) -> int:
+    from engine.launcher import launch_detached
 
-    config = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, Path(args.config).stem)
-    paths = prepare_run_dir(run_dir, config)
     if args.foreground:
         from engine.session import run_class_for
         from engine.trainer import run_training
 
         print(f"run directory: {paths.root}", flush=True)
-        return run_training(paths.root, config, on_step=_print_step, run_class=run_class_for(config),
-                            progress=lambda message: print(message, flush=True))
-    pid = launch_detached(paths.root)
-    print(f"training started (pid {pid}) in {paths.root}\n"
+        return run_training(paths.root, config, resume_from=resume_from, on_step=_print_step,
+                            run_class=run_class_for(config), progress=lambda message: print(message, flush=True))
+    pid = launch_detached(paths.root, resume_from=resume_from)
+    print(f"{'resuming' if resume_from else 'training started'} (pid {pid}) in {paths.root}\n"
+          f"  watch:   loradeck attach {paths.root}\n"
           f"  status:  loradeck status {paths.root}\n"
           f"  stop:    loradeck stop {paths.root}   (saves the adapter first)\n"
-          f"  log:     {paths.log_file}")
+          f"  log:     {paths.log_file}", flush=True)
+    if resume_from:
+        return _report_resume(paths)
+    return 0
+
+
+def _report_resume(paths, timeout_s: float = 300.0) -> int:
+    """Wait until the detached worker has loaded the model and accepted (or refused) the bundle."""
+    import time
+
+    from engine.events import EventTail
+    from engine.rundir import trainer_pid
+
+    tail = EventTail(paths.events)
+    deadline = time.monotonic() + timeout_s
+    gone = False
+    while time.monotonic() < deadline:
+        for event in tail.read_new():
+            if event["type"] == "resumed":
+                print(f"resumed at step {event['step'] + 1} (epoch {event.get('epoch') or 0:.3f}, "
+                      f"{'with' if event.get('with_optimizer') else 'without'} optimizer state)")
+                return 0
+            if event["type"] == "error":
+                print(f"loradeck: error: {event['message']}", file=sys.stderr)
+                return 2
+            if event["type"] == "finished":
+                print(event.get("message", "finished"))
+                return 0
+        if gone:  # its last events were read above
+            print(f"loradeck: error: the trainer exited before resuming; see {paths.log_file}", file=sys.stderr)
+            return 1
+        gone = trainer_pid(paths.root) is None
+        time.sleep(0.2)
+    print("still loading; follow it with `loradeck status`")
+    return 0
+
+
+def _say_session(clock: tuple[float, str] | None) -> None:
+    if clock:
+        import time
+
+        deadline, source = clock
+        print(f"session clock: deadline {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(deadline))} ({source}); "
+              "the run saves a handoff bundle and stops before it", flush=True)
+
+
+def _cmd_train(args) -> int:
+    from engine.config import load_config
+    from engine.launcher import new_run_dir, prepare_run_dir
+
+    from engine.session import check_session
+
+    config = load_config(args.config, args.overrides + _session_overrides(args))
+    _say_session(check_session(config.session))
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, Path(args.config).stem)
+    return _start_training(args, config, prepare_run_dir(run_dir, config))
+
+
+def _cmd_resume(args) -> int:
+    from engine.config import save_config
+    from engine.handoff import open_bundle
+    from engine.launcher import new_run_dir, prepare_run_dir, stage_bundle
+
+    from engine.session import check_session
+
+    overrides = args.overrides + _session_overrides(args)
+    bundle = open_bundle(args.bundle, overrides)
+    _say_session(check_session(bundle.config.session))
+    for note in bundle.notes:
+        print(f"note: {note}", file=sys.stderr)
+    label = f"{Path(bundle.config.data.path).stem or 'run'}-from-step-{bundle.state['global_step']}"
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, label)
+    paths = prepare_run_dir(run_dir, bundle.config)
+    # The run resumes from its own copy, so the source bundle is never touched and may be deleted later;
+    # data that travelled in the bundle is read from that copy too.
+    staged = open_bundle(stage_bundle(bundle.path, paths.root), overrides)
+    save_config(staged.config, paths.config)
+    return _start_training(args, staged.config, paths, resume_from=staged.path)
+
+
+def _cmd_extend(args) -> int:
+    from engine.config import parse_duration
+    from engine.control import send_command
+    from engine.errors import RunError
+    from engine.rundir import summarize_run
+    from tui.format import format_duration
+
+    try:
+        seconds = parse_duration(args.duration)
+    except ValueError as exc:
+        raise RunError(f"extend: {exc}") from None
+    if seconds <= 0:
+        raise RunError("extend: give a positive duration, e.g. 30m")
+    summary = summarize_run(args.run_dir)
+    if summary.deadline_at is None and summary.status in ("running", "starting"):
+        raise RunError(f"{args.run_dir}: this run has no session clock — start it with --session to get one")
+    send_command(args.run_dir, "extend", seconds=seconds)
+    print(f"extend requested: {args.run_dir} gets {format_duration(seconds)} more at the next step boundary")
     return 0
 
 
@@ -178,6 +322,15 @@ def _cmd_status(args) -> int:
     from engine.rundir import summarize_run
     from tui.format import format_duration, format_number
 
+    if (Path(args.run_dir) / "state.json").is_file() and not (Path(args.run_dir) / "events.jsonl").is_file():
+        from engine.checkpoint import read_state
+        from engine.handoff import describe_bundle
+
+        if args.json:
+            print(json.dumps(read_state(args.run_dir), indent=2))
+        else:
+            print("\n".join(describe_bundle(args.run_dir)))
+        return 0
     summary = summarize_run(args.run_dir)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -230,6 +383,15 @@ def _cmd_save(args) -> int:
     return 0
 
 
+def _cmd_attach(args) -> int:
+    from engine.rundir import require_run_dir
+    from tui.app import LoradeckApp
+
+    paths = require_run_dir(args.run_dir)
+    LoradeckApp(runs_dir=paths.root.resolve().parent, config_path=args.config, attach_to=paths.root).run()
+    return 0
+
+
 def _cmd_tui(args) -> int:
     from tui.app import LoradeckApp
 
@@ -245,6 +407,9 @@ COMMANDS = {
     "preflight": _cmd_preflight,
     "stop": _cmd_stop,
     "save": _cmd_save,
+    "resume": _cmd_resume,
+    "extend": _cmd_extend,
+    "attach": _cmd_attach,
     "chat": _cmd_chat,
 }
 

@@ -50,7 +50,7 @@ async def test_home_lists_runs_with_status_step_and_losses(tmp_path):
     async with app.run_test(size=(110, 30)) as pilot:
         await pilot.pause()
         table = app.screen.query_one("#runs-table", DataTable)
-        rows = {table.get_row_at(i)[0]: [str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)}
-        assert rows["finished-run"][1:5] == ["finished", "10/10", "0.5", "0.75"]
-        assert rows["killed-run"][1] == "lost"
+        rows = {table.get_row_at(i)[1]: [str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)}
+        assert rows["finished-run"][2:6] == ["finished", "10/10", "0.5", "0.75"]
+        assert rows["killed-run"][2] == "lost"
         assert not app.screen.query_one("#runs-empty", Static).display

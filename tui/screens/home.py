@@ -7,25 +7,35 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from engine.history import RunHistory
 from tui.format import format_duration, format_number, short_path
 
-RUN_COLUMNS = ("run", "status", "step", "loss", "eval", "time left", "model")
+RUN_COLUMNS = ("", "run", "status", "step", "loss", "eval", "time left", "model")
 
 
 class HomeScreen(Screen):
     """Runs table plus the configured model and dataset."""
 
-    BINDINGS = [("r", "refresh_runs", "Refresh")]
+    BINDINGS = [
+        Binding("enter", "open_run", "Open", priority=True),
+        Binding("n", "new_run", "New run"),
+        Binding("space", "mark_run", "Mark"),
+        Binding("c", "compare_runs", "Compare marked"),
+        Binding("r", "refresh_runs", "Refresh"),
+    ]
     REFRESH_SECONDS = 2.0
 
     def __init__(self, runs_dir: Path, config_path: str | None):
         super().__init__()
         self.runs_dir = runs_dir
         self.config_path = config_path
+        self.histories: dict[str, RunHistory] = {}
+        self.marked: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -67,29 +77,70 @@ class HomeScreen(Screen):
         colour = self.app.theme_variables.get(STATUS_THEME_VARIABLE.get(status, "text-muted"))
         return Text(status, style=colour or "")
 
-    def action_refresh_runs(self) -> None:
-        """Re-read the runs folder and redraw the table, keeping the cursor."""
-        from engine.rundir import list_runs
+    def _histories(self) -> list[RunHistory]:
+        """Every run under the runs folder, each followed incrementally (new bytes only), newest first."""
+        if self.runs_dir.is_dir():
+            for child in self.runs_dir.iterdir():
+                key = str(child)
+                if key not in self.histories and child.is_dir() and (child / "events.jsonl").is_file():
+                    self.histories[key] = RunHistory(child)
+        for key in [k for k in self.histories if not Path(k).is_dir()]:
+            del self.histories[key]
+        for history in self.histories.values():
+            history.poll()
+        return sorted(self.histories.values(), key=lambda h: h.summary.started_at or 0, reverse=True)
 
+    def action_refresh_runs(self) -> None:
+        """Fold new events of every run in and redraw the table, keeping the cursor."""
         table = self.query_one("#runs-table", DataTable)
-        runs = list_runs(self.runs_dir)
+        histories = self._histories()
         cursor = table.cursor_row
         table.clear()
         now = time.time()
-        for run in runs:
-            left = None
-            if run.deadline_at and run.status == "running":
-                left = run.deadline_at - now
+        for history in histories:
+            run = history.summary
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(run.run_id, self._status_text(run.status), steps,
-                          format_number(run.loss), format_number(run.eval_loss), format_duration(left),
-                          run.model or "—", key=run.path)
-        if runs:
-            table.move_cursor(row=min(cursor, len(runs) - 1))
+            mark = "●" if run.path in self.marked else " "
+            table.add_row(mark, run.run_id, self._status_text(run.status), steps, format_number(run.loss),
+                          format_number(run.eval_loss), format_duration(history.time_left(now)), run.model or "—",
+                          key=run.path)
+        if histories:
+            table.move_cursor(row=min(cursor, len(histories) - 1))
         empty = self.query_one("#runs-empty", Static)
-        empty.display = not runs
-        empty.update(f"No runs in {self.runs_dir}/ yet. Start one with\n"
+        empty.display = not histories
+        empty.update(f"No runs in {self.runs_dir}/ yet. Press n for a new run, or\n"
                      "  loradeck train sample_data/configs/demo.toml")
+
+    def _cursor_run(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def action_open_run(self) -> None:
+        run = self._cursor_run()
+        if run:
+            self.app.open_run(run)
+
+    def action_mark_run(self) -> None:
+        run = self._cursor_run()
+        if run:
+            self.marked ^= {run}
+            self.action_refresh_runs()
+
+    def action_compare_runs(self) -> None:
+        runs = sorted(self.marked)
+        if len(runs) < 2:
+            self.notify("mark two or more runs with space, then press c", title="compare")
+            return
+        from tui.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen(runs))
+
+    def action_new_run(self) -> None:
+        from tui.screens.new_run import NewRunScreen
+
+        self.app.push_screen(NewRunScreen(self.runs_dir, self.config_path))
 
 
 STATUS_THEME_VARIABLE = {"running": "primary", "finished": "success", "failed": "error", "lost": "error",

@@ -1,0 +1,92 @@
+"""Compare runs: their loss and eval-loss curves overlaid, and the config keys where they differ."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header
+from textual_plotext import PlotextPlot
+
+from engine.history import RunHistory
+
+LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")
+
+
+def flat_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config.toml as {"section.key": value}; {} when unreadable."""
+    try:
+        data = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {f"{section}.{key}": value for section, values in data.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def config_differences(run_dirs: list[str | Path]) -> list[tuple[str, list[Any]]]:
+    """(key, value per run) for every config key whose value is not the same in all runs."""
+    configs = [flat_config(d) for d in run_dirs]
+    keys = sorted(set().union(*configs))
+    missing = object()
+    rows = []
+    for key in keys:
+        values = [c.get(key, missing) for c in configs]
+        if any(v != values[0] for v in values[1:]):
+            rows.append((key, ["—" if v is missing else v for v in values]))
+    return rows
+
+
+class CompareScreen(Screen):
+    """Two or more runs side by side."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_dirs: list[str | Path]):
+        super().__init__()
+        self.run_dirs = [str(d) for d in run_dirs]
+        self.histories = [RunHistory(d) for d in self.run_dirs]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        plot = PlotextPlot(id="compare-plot", classes="panel")
+        plot.border_title = "loss (lines) and eval loss (dots)"
+        yield plot
+        table = DataTable(id="config-diff", classes="panel", zebra_stripes=True)
+        table.border_title = "config differences"
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "loradeck · compare " + " vs ".join(h.summary.run_id for h in self.histories)
+        for history in self.histories:
+            history.poll(limit_bytes=None)
+        self._draw()
+        table = self.query_one("#config-diff", DataTable)
+        table.add_column("key")
+        for history in self.histories:
+            table.add_column(history.summary.run_id[-24:])
+        differences = config_differences(self.run_dirs)
+        for key, values in differences:
+            table.add_row(key, *(str(v) for v in values))
+        if not differences:
+            table.add_row("(identical configs)", *("" for _ in self.histories))
+
+    def _draw(self) -> None:
+        from textual.color import Color
+
+        plot = self.query_one("#compare-plot", PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        for index, history in enumerate(self.histories):
+            colour = Color.parse(self.app.theme_variables[LINE_VARIABLES[index % len(LINE_VARIABLES)]]).rgb
+            name = history.summary.run_id[-20:]
+            if len(history.loss):
+                plt.plot(history.loss.steps, history.loss.values, label=name, marker="braille", color=colour)
+            if len(history.eval_loss):
+                plt.scatter(history.eval_loss.steps, history.eval_loss.values, marker="dot", color=colour)
+        plt.xlabel("step")
+        plot.refresh()

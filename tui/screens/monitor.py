@@ -1,0 +1,353 @@
+"""Monitor: one run's loss curves, throughput, GPU/host memory, session countdown, alerts and log.
+
+The screen is a client of the run directory: it tails `events.jsonl` through
+`RunHistory` (bytes appended since the last tick, coalesced twice a second) and
+sends commands through the control folder. Leaving it never touches the run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Sparkline, Static
+from textual_plotext import PlotextPlot
+
+from engine.history import RunHistory
+from tui.format import format_bytes, format_duration, format_number
+
+ZOOM_STEPS = (0, 50, 200)  # 0 = every step
+AMBER_S, RED_S = 30 * 60, 5 * 60
+STATUS_STYLE = {"running": "$primary", "finished": "$success", "failed": "$error", "lost": "$error",
+                "deadline": "$warning", "stopped": "$warning"}
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes/no question; Enter/y confirms, Escape/n cancels."""
+
+    BINDINGS = [("y", "answer(True)", "Yes"), ("n", "answer(False)", "No"), ("escape", "answer(False)", "Cancel")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Yes (y)", id="yes", variant="warning")
+                yield Button("No (n)", id="no")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class ExtendScreen(ModalScreen[str | None]):
+    """Ask how much session time to add."""
+
+    BINDINGS = [("escape", "cancel", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Extend the session by (e.g. 30m, 1h30m):")
+            yield Input(placeholder="30m", id="extend-input")
+            yield Label("", id="extend-error", classes="field-error")
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        from engine.config import parse_duration
+
+        try:
+            if parse_duration(event.value or "30m") <= 0:
+                raise ValueError("give a positive duration")
+        except ValueError as exc:
+            self.query_one("#extend-error", Label).update(str(exc))
+            return
+        self.dismiss(event.value or "30m")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def progress_line(history: RunHistory) -> str:
+    """'run-id  [status]  step 40/96  epoch 1.25  ETA 2m10s' with the status in its theme colour."""
+    summary = history.summary
+    steps = f"{summary.step}/{summary.max_steps}" if summary.max_steps else str(summary.step)
+    eta = history.eta_seconds()
+    parts = [f"[b]{summary.run_id}[/b]", f"[{STATUS_STYLE.get(summary.status, '$text-muted')}]{summary.status}[/]",
+             f"step {steps}", f"epoch {format_number(summary.epoch, 3)}"]
+    if eta is not None:
+        parts.append(f"ETA {format_duration(eta)}")
+    if summary.message and summary.status != "running":
+        parts.append(f"[$text-muted]{summary.message}[/]")
+    return "  ".join(parts)
+
+
+def metrics_text(history: RunHistory) -> str:
+    """Learning rate, grad norm, throughput, eval loss: the numbers beside the curve."""
+    lr = history.lr.last()
+    return (f"loss [b]{format_number(history.loss.last())}[/b]  eval [b]{format_number(history.eval_loss.last())}[/b]"
+            f"  lr {f'{lr:.2e}' if lr is not None else '—'}  grad {format_number(history.grad_norm.last(), 3)}"
+            f"  {format_number(history.tokens_per_s.last(), 4)} tok/s")
+
+
+def session_text(history: RunHistory, now: float | None = None) -> tuple[str, str]:
+    """The countdown panel's text and its state class: none, ok, amber, red."""
+    left = history.time_left(now)
+    if left is None:
+        return "No session clock.\nStart with --session 9h30m\nor --preset kaggle.", "none"
+    deadline = history.deadline
+    margin = deadline.get("margin_s")
+    save_in = history.final_save_eta(now)
+    lines = [f"[b]{format_duration(max(left, 0))}[/b] left" if history.summary.status == "running"
+             else f"ended with {format_duration(max(left, 0))} left",
+             f"deadline {time.strftime('%H:%M:%S', time.localtime(deadline['deadline_at']))}",
+             f"margin {format_duration(margin) if margin is not None else 'measuring…'}"]
+    if save_in is not None:
+        lines.append(f"final save in ~{format_duration(save_in)}")
+    state = "red" if left <= RED_S else "amber" if left <= AMBER_S else "ok"
+    return "\n".join(lines), state
+
+
+def device_text(history: RunHistory) -> str:
+    """GPU devices and our process's own allocator figures; host RAM/CPU when there is no GPU."""
+    event = history.last_telemetry()
+    if event is None:
+        return "waiting for telemetry…"
+    lines = []
+    for device in event.get("devices") or []:
+        used, total = device.get("memory_used"), device.get("memory_total")
+        lines.append(f"GPU{device['index']} {(device.get('name') or '')[:18]}")
+        lines.append(f" util {format_number(device.get('utilization_pct'), 3)}%  "
+                     f"VRAM {format_bytes(used)}/{format_bytes(total)}")
+        lines.append(f" {format_number(device.get('temperature_c'), 3)}°C  {format_number(device.get('power_w'), 3)}"
+                     f"/{format_number(device.get('power_limit_w'), 3)} W")
+    process = event.get("process") or {}
+    if process:
+        lines.append(f"this run: alloc {format_bytes(process.get('allocated'))} "
+                     f"resv {format_bytes(process.get('reserved'))} peak {format_bytes(process.get('peak_allocated'))}")
+    host = event.get("host") or {}
+    if not event.get("devices"):
+        lines.append("[$text-muted]no GPU: host figures[/]")
+    lines.append(f"RAM {format_bytes(host.get('ram_used'))}/{format_bytes(host.get('ram_total'))}  "
+                 f"CPU {format_number(host.get('cpu_pct'), 3)}%")
+    lines.append(f"trainer RSS {format_bytes(host.get('process_rss'))}")
+    return "\n".join(lines)
+
+
+def memory_series(history: RunHistory) -> list[float]:
+    """The history graph: VRAM used on device 0, or the trainer's RSS without a GPU."""
+    gpu = history.telemetry_series(lambda e: e["devices"][0]["memory_used"])
+    return gpu or history.telemetry_series(lambda e: e["host"]["process_rss"])
+
+
+def log_line(event: dict, colours: dict[str, str]) -> Text:
+    """One event-log line (time, step, what happened) as Rich text in the theme's colours.
+
+    RichLog renders Rich markup, which cannot read Textual's $variables, so the
+    colours are looked up from the active theme here.
+    """
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts", time.time())))
+    step = f"step {event['step']:>5}" if isinstance(event.get("step"), int) else " " * 10
+    kind = event.get("type")
+    label, colour, text = kind, "foreground", ""
+    if kind == "checkpoint":
+        label, colour = "saved", "success"
+        text = f"{event.get('reason')} checkpoint ({event.get('seconds')} s)"
+    elif kind == "warning":
+        colour, text = "warning", str(event.get("message"))
+    elif kind == "error":
+        colour, text = "error", str(event.get("message"))
+    elif kind == "finished":
+        colour, text = "primary", f"{event.get('reason')}: {event.get('message', '')}"
+    elif kind == "resumed":
+        colour, text = "primary", f"from step {event.get('step')} ({event.get('bundle')})"
+    elif kind == "model_loaded":
+        label = "loaded"
+        text = (f"{event.get('backend')} on {event.get('device')}, {event.get('data_format')} data, "
+                f"{event.get('train_rows')} rows, {event.get('max_steps')} steps")
+    elif kind == "control":
+        label, text = "command", str(event.get("command"))
+    else:
+        text = f"pid {event.get('pid')} on {event.get('host')}"
+    return Text.assemble((f"{stamp} {step}  ", colours.get("text-muted", "")),
+                         (f"{label} ", f"bold {colours.get(colour, '')}"), text)
+
+
+class MonitorScreen(Screen):
+    """Live (or replayed) view of one run directory."""
+
+    BINDINGS = [
+        Binding("s", "save_now", "Save now"),
+        Binding("x", "stop_run", "Stop & save"),
+        Binding("e", "extend", "Extend session"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("escape", "back", "Back"),
+    ]
+    POLL_SECONDS = 0.5
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__()
+        self.history = RunHistory(run_dir)
+        self.zoom_index = 0
+        self.plotted_points = -1
+        self.logged = 0
+        self.bell_rung: list[float] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="progress-line")
+        yield ProgressBar(total=None, show_eta=False, id="step-progress")
+        with Horizontal(id="monitor-body"):
+            with Vertical(id="monitor-main"):
+                plot = PlotextPlot(id="loss-plot", classes="panel")
+                plot.border_title = "loss"
+                yield plot
+                yield Static("", id="metrics-line")
+            with Vertical(id="monitor-side"):
+                session = Static("", id="session-panel", classes="panel")
+                session.border_title = "session"
+                yield session
+                with Vertical(id="device-panel", classes="panel") as devices:
+                    devices.border_title = "GPU / memory"
+                    yield Static("", id="device-text")
+                    yield Sparkline([], id="memory-history")
+                alerts = Static("", id="alerts-panel", classes="panel")
+                alerts.border_title = "alerts"
+                yield alerts
+        log = RichLog(id="event-log", classes="panel", wrap=False, max_lines=500)
+        log.border_title = "events"
+        yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"loradeck · {self.history.summary.run_id}"
+        self.refresh_from_history()
+        self.set_interval(self.POLL_SECONDS, self.refresh_from_history)
+
+    def refresh_from_history(self) -> None:
+        """Fold in new events (coalesced per tick) and redraw what changed."""
+        new_events = self.history.poll()
+        summary = self.history.summary
+        self.query_one("#progress-line", Static).update(progress_line(self.history))
+        bar = self.query_one("#step-progress", ProgressBar)
+        if summary.max_steps:
+            bar.update(total=summary.max_steps, progress=summary.step)
+        if new_events or self.plotted_points < 0:
+            self.query_one("#metrics-line", Static).update(metrics_text(self.history))
+            self._redraw_plot()
+            self.query_one("#device-text", Static).update(device_text(self.history))
+            self.query_one("#memory-history", Sparkline).data = memory_series(self.history)[-120:]
+            self._update_alerts()
+            unwritten = min(self.history.log_count - self.logged, len(self.history.log))
+            log = self.query_one("#event-log", RichLog)
+            for event in list(self.history.log)[len(self.history.log) - unwritten:]:
+                log.write(log_line(event, self.app.theme_variables))
+            self.logged = self.history.log_count
+        self._update_session()
+        for warning in self.history.take_warnings():
+            if warning.get("kind") == "deadline":
+                self.app.bell()
+                self.bell_rung.append(warning.get("threshold_s"))
+                self.notify(warning.get("message", ""), title="session", severity="warning")
+
+    def _update_session(self) -> None:
+        text, state = session_text(self.history)
+        panel = self.query_one("#session-panel", Static)
+        panel.update(text)
+        for name in ("none", "ok", "amber", "red"):
+            panel.set_class(name == state, f"session-{name}")
+
+    def _update_alerts(self) -> None:
+        alerts = self.history.alerts
+        panel = self.query_one("#alerts-panel", Static)
+        if not alerts:
+            panel.update("[$success]no alerts[/]")
+        else:
+            panel.update("\n".join(f"[{'$error' if a.severity == 'error' else '$warning'}]{a.kind}[/] {a.message}"
+                                   for a in alerts))
+
+    def _redraw_plot(self) -> None:
+        plot_widget = self.query_one("#loss-plot", PlotextPlot)
+        zoom = ZOOM_STEPS[self.zoom_index]
+        loss, evals = self.history.loss, self.history.eval_loss
+        self.plotted_points = len(loss) + len(evals)
+        plt = plot_widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        colours = self.app.theme_variables
+        first_step = loss.steps[-zoom] if zoom and len(loss) > zoom else None
+        xs, ys = loss.steps, loss.values
+        if first_step is not None:
+            xs = [s for s in loss.steps if s >= first_step]
+            ys = loss.values[-len(xs):]
+        if xs:
+            plt.plot(xs, ys, label="train", marker="braille", color=_rgb(colours.get("primary")))
+        eval_points = [(s, v) for s, v in evals.pairs() if first_step is None or s >= first_step]
+        if eval_points:
+            plt.plot([s for s, _ in eval_points], [v for _, v in eval_points], label="eval", marker="dot",
+                     color=_rgb(colours.get("accent")))
+        plt.xlabel("step")
+        plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
+        plot_widget.refresh()
+
+    def action_zoom(self) -> None:
+        self.zoom_index = (self.zoom_index + 1) % len(ZOOM_STEPS)
+        self._redraw_plot()
+
+    def _send(self, command: str, **arguments) -> bool:
+        from engine.control import send_command
+        from engine.errors import LoradeckError
+
+        try:
+            send_command(self.history.paths.root, command, **arguments)
+        except LoradeckError as exc:
+            self.notify(str(exc), severity="error", title=command)
+            return False
+        return True
+
+    def action_save_now(self) -> None:
+        if self._send("save"):
+            self.notify("a checkpoint will be written at the next step", title="save")
+
+    def action_stop_run(self) -> None:
+        def answered(confirmed: bool | None) -> None:
+            if confirmed and self._send("stop"):
+                self.notify("the run saves its adapter and stops at the next step", title="stop")
+
+        self.app.push_screen(ConfirmScreen(f"Stop {self.history.summary.run_id}? The adapter is saved first."),
+                             answered)
+
+    def action_extend(self) -> None:
+        def answered(duration: str | None) -> None:
+            if not duration:
+                return
+            from engine.config import parse_duration
+
+            if self.history.summary.deadline_at is None:
+                self.notify("this run has no session clock", severity="error", title="extend")
+            elif self._send("extend", seconds=parse_duration(duration)):
+                self.notify(f"session extended by {duration} at the next step", title="extend")
+
+        self.app.push_screen(ExtendScreen(), answered)
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+
+
+def _rgb(colour: str | None):
+    """A theme colour as the (r, g, b) tuple plotext takes."""
+    from textual.color import Color
+
+    return Color.parse(colour).rgb if colour else None

@@ -1,0 +1,212 @@
+"""New run: a form over the typed config, validated as you type, saved as TOML, started with one key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label, Select, Static, Switch
+
+from engine.config import RunConfig, load_config, section_fields, set_value
+from engine.errors import LoradeckError
+
+# (dotted key, label) in form order; choices come from the config model itself.
+FORM_FIELDS = (
+    ("model.name", "model"),
+    ("data.path", "dataset"),
+    ("model.load_in_4bit", "4-bit (QLoRA)"),
+    ("lora.r", "LoRA rank r"),
+    ("lora.alpha", "LoRA alpha"),
+    ("train.epochs", "epochs"),
+    ("train.max_steps", "max steps (-1: epochs)"),
+    ("train.learning_rate", "learning rate"),
+    ("train.lr_scheduler", "LR schedule"),
+    ("train.batch_size", "batch size"),
+    ("train.grad_accum", "grad accumulation"),
+    ("data.max_length", "max length (tokens)"),
+    ("session.budget", "session budget"),
+    ("session.preset", "session preset"),
+)
+
+
+def field_id(key: str) -> str:
+    return "field-" + key.replace(".", "-")
+
+
+def field_meta(key: str) -> dict:
+    section, name = key.split(".")
+    return dict(section_fields(section)[name].metadata)
+
+
+def current_value(config: RunConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def validate_field(config: RunConfig, key: str, text) -> str | None:
+    """The CLI's own message for `--set key=text`, or None when valid (assigns it into `config`)."""
+    try:
+        set_value(config, key, text, from_text=not isinstance(text, bool), origin=f"{key}={text}")
+    except LoradeckError as exc:
+        return str(exc)
+    if key == "data.path" and text and not Path(str(text)).expanduser().exists():
+        return f"{key}={text}: no such file — give a .jsonl/.json/.csv/.parquet path"
+    return None
+
+
+class NewRunScreen(Screen):
+    """Form → validated RunConfig → TOML → detached run → monitor."""
+
+    BINDINGS = [
+        Binding("f2", "preflight", "Preflight"),
+        Binding("ctrl+s", "save_config", "Save TOML"),
+        Binding("f5", "start_run", "Start run"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, runs_dir: Path, config_path: str | None):
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.config_path = config_path
+        try:
+            self.base = load_config(config_path)
+        except LoradeckError:
+            self.base = load_config(None)
+        self.errors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="new-run-body"):
+            with VerticalScroll(id="new-run-form", classes="panel") as form:
+                form.border_title = f"New run · from {self.config_path or 'defaults'}"
+                for key, label in FORM_FIELDS:
+                    value = current_value(self.base, key)
+                    meta = field_meta(key)
+                    with Horizontal(classes="form-row"):
+                        yield Label(label, classes="form-label")
+                        if isinstance(value, bool):
+                            yield Switch(value=value, id=field_id(key))
+                        elif meta.get("choices"):
+                            yield Select([(c or "none", c) for c in meta["choices"]], value=value, allow_blank=False,
+                                         id=field_id(key))
+                        else:
+                            yield Input(str(value), id=field_id(key), tooltip=meta.get("help"))
+                    yield Static("", id=field_id(key) + "-error", classes="field-error")
+                with Horizontal(classes="form-row"):
+                    yield Label("save as", classes="form-label")
+                    yield Input(str(self.runs_dir.parent / "configs" / "my-run.toml")
+                                if self.runs_dir.name == "runs" else "my-run.toml", id="save-path")
+            with Vertical(id="new-run-side"):
+                verdict = Static("F2 runs the memory preflight.", id="preflight-panel", classes="panel")
+                verdict.border_title = "preflight"
+                yield verdict
+                summary = Static("", id="form-status", classes="panel")
+                summary.border_title = "status"
+                yield summary
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "loradeck · new run"
+        self._show_status()
+
+    def build_config(self) -> RunConfig:
+        """The config the form describes (each field validated); errors land in self.errors."""
+        config = copy.deepcopy(self.base)
+        self.errors = {}
+        for key, _ in FORM_FIELDS:
+            widget = self.query_one("#" + field_id(key))
+            value = widget.value
+            if isinstance(widget, Input):
+                value = value.strip()
+            message = validate_field(config, key, value)
+            if message:
+                self.errors[key] = message
+            self.query_one("#" + field_id(key) + "-error", Static).update(message or "")
+        if not self.errors:
+            from engine.config import check_config
+
+            try:
+                check_config(config, origin="form")
+            except LoradeckError as exc:
+                self.errors["form"] = str(exc)
+        return config
+
+    def _show_status(self) -> RunConfig:
+        config = self.build_config()
+        status = self.query_one("#form-status", Static)
+        if self.errors:
+            status.update("[$error]fix:[/]\n" + "\n".join(self.errors.values()))
+        else:
+            status.update("[$success]valid[/] — F5 starts it, Ctrl+S saves the TOML")
+        return config
+
+    @on(Input.Changed)
+    @on(Switch.Changed)
+    @on(Select.Changed)
+    def field_changed(self) -> None:
+        self._show_status()
+
+    def action_save_config(self) -> Path | None:
+        config = self._show_status()
+        if self.errors:
+            self.notify("fix the highlighted fields first", severity="error", title="save")
+            return None
+        target = Path(self.query_one("#save-path", Input).value.strip() or "my-run.toml").expanduser()
+        from engine.config import save_config
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_config(config, target)
+        self.notify(f"saved {target}", title="save")
+        return target
+
+    def action_preflight(self) -> None:
+        config = self._show_status()
+        if self.errors:
+            self.notify("fix the highlighted fields first", severity="error", title="preflight")
+            return
+        self.query_one("#preflight-panel", Static).update("estimating… (loads the tokenizer and reads the data)")
+        self._run_preflight(config)
+
+    @work(thread=True, exclusive=True, group="preflight")
+    def _run_preflight(self, config: RunConfig) -> None:
+        from engine.preflight import run_preflight
+
+        try:
+            report = run_preflight(config, measure=False)
+            colour = {"fits": "$success", "tight": "$warning"}.get(report.verdict, "$error")
+            text = "\n".join([f"[{colour}][b]{report.verdict.upper()}[/b][/]", *report.reasons,
+                              *(f"try: {s}" for s in report.suggestions)])
+        except LoradeckError as exc:
+            text = f"[$error]{exc}[/]"
+        self.app.call_from_thread(self.query_one("#preflight-panel", Static).update, text)
+
+    def action_start_run(self) -> None:
+        config = self._show_status()
+        if self.errors:
+            self.notify("fix the highlighted fields first", severity="error", title="start")
+            return
+        self.notify("starting the trainer…", title="start")
+        self._start(config)
+
+    @work(thread=True, exclusive=True, group="start")
+    def _start(self, config: RunConfig) -> None:
+        from engine.launcher import launch_detached, new_run_dir, prepare_run_dir
+
+        try:
+            label = Path(self.query_one("#save-path", Input).value.strip() or "run").stem
+            paths = prepare_run_dir(new_run_dir(self.runs_dir, label), config)
+            launch_detached(paths.root)
+        except LoradeckError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", title="start")
+            return
+        self.app.call_from_thread(self._open, paths.root)
+
+    def _open(self, run_dir: Path) -> None:
+        self.app.pop_screen()
+        self.app.open_run(run_dir)
+
