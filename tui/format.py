@@ -18,9 +18,14 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
-    """A compact number, or '—' when missing."""
+    """A compact number, or '—' when missing; non-finite losses arrive as text ("nan", "inf")."""
     if value is None:
         return "—"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if value != value:  # NaN
         return "NaN"
     if abs(value) >= 1000:

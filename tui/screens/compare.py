@@ -49,6 +49,8 @@ class CompareScreen(Screen):
         super().__init__()
         self.run_dirs = [str(d) for d in run_dirs]
         self.histories = [RunHistory(d) for d in self.run_dirs]
+        # Set before mount: a title change after the Header mounts races screen switches.
+        self.title = "loradeck · compare " + " vs ".join(h.summary.run_id for h in self.histories)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -61,7 +63,6 @@ class CompareScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = "loradeck · compare " + " vs ".join(h.summary.run_id for h in self.histories)
         for history in self.histories:
             history.poll(limit_bytes=None)
         self._draw()

@@ -23,6 +23,7 @@ from engine.history import RunHistory
 from tui.format import format_bytes, format_duration, format_number
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
+GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
 AMBER_S, RED_S = 30 * 60, 5 * 60
 STATUS_STYLE = {"running": "$primary", "finished": "$success", "failed": "$error", "lost": "$error",
                 "deadline": "$warning", "stopped": "$warning"}
@@ -90,15 +91,16 @@ def progress_line(history: RunHistory) -> str:
         parts.append(f"ETA {format_duration(eta)}")
     if summary.message and summary.status != "running":
         parts.append(f"[$text-muted]{summary.message}[/]")
-    return "  ".join(parts)
+    return GAP.join(parts)
 
 
 def metrics_text(history: RunHistory) -> str:
     """Learning rate, grad norm, throughput, eval loss: the numbers beside the curve."""
     lr = history.lr.last()
-    return (f"loss [b]{format_number(history.loss.last())}[/b]  eval [b]{format_number(history.eval_loss.last())}[/b]"
-            f"  lr {f'{lr:.2e}' if lr is not None else '—'}  grad {format_number(history.grad_norm.last(), 3)}"
-            f"  {format_number(history.tokens_per_s.last(), 4)} tok/s")
+    parts = [f"loss [b]{format_number(history.loss.last())}[/b]", f"eval [b]{format_number(history.eval_loss.last())}[/b]",
+             f"lr {f'{lr:.2e}' if lr is not None else '—'}", f"grad {format_number(history.grad_norm.last(), 3)}",
+             f"{format_number(history.tokens_per_s.last(), 4)} tok/s"]
+    return GAP.join(parts)
 
 
 def session_text(history: RunHistory, now: float | None = None) -> tuple[str, str]:
@@ -199,6 +201,8 @@ class MonitorScreen(Screen):
     def __init__(self, run_dir: str | Path):
         super().__init__()
         self.history = RunHistory(run_dir)
+        # Set before mount: a title change after the Header mounts races screen switches.
+        self.title = f"loradeck · {self.history.summary.run_id}"
         self.zoom_index = 0
         self.plotted_points = -1
         self.logged = 0
@@ -225,13 +229,14 @@ class MonitorScreen(Screen):
                 alerts = Static("", id="alerts-panel", classes="panel")
                 alerts.border_title = "alerts"
                 yield alerts
-        log = RichLog(id="event-log", classes="panel", wrap=False, max_lines=500)
+        log = RichLog(id="event-log", classes="panel", wrap=True, max_lines=500)
         log.border_title = "events"
         yield log
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = f"loradeck · {self.history.summary.run_id}"
+        self.history.poll(limit_bytes=None)
+        self.history.take_warnings()  # replayed history: only warnings that arrive while watching ring the bell
         self.refresh_from_history()
         self.set_interval(self.POLL_SECONDS, self.refresh_from_history)
 
@@ -295,8 +300,8 @@ class MonitorScreen(Screen):
             plt.plot(xs, ys, label="train", marker="braille", color=_rgb(colours.get("primary")))
         eval_points = [(s, v) for s, v in evals.pairs() if first_step is None or s >= first_step]
         if eval_points:
-            plt.plot([s for s, _ in eval_points], [v for _, v in eval_points], label="eval", marker="dot",
-                     color=_rgb(colours.get("accent")))
+            plt.scatter([s for s, _ in eval_points], [v for _, v in eval_points], label="eval", marker="dot",
+                        color=_rgb(colours.get("accent")))
         plt.xlabel("step")
         plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
         plot_widget.refresh()

@@ -78,6 +78,8 @@ class NewRunScreen(Screen):
         except LoradeckError:
             self.base = load_config(None)
         self.errors: dict[str, str] = {}
+        # Set before mount: a title change after the Header mounts races screen switches.
+        self.title = "loradeck · new run"
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -111,7 +113,6 @@ class NewRunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = "loradeck · new run"
         self._show_status()
 
     def build_config(self) -> RunConfig:
@@ -207,6 +208,7 @@ class NewRunScreen(Screen):
         self.app.call_from_thread(self._open, paths.root)
 
     def _open(self, run_dir: Path) -> None:
-        self.app.pop_screen()
-        self.app.open_run(run_dir)
+        from tui.screens.monitor import MonitorScreen
+
+        self.app.switch_screen(MonitorScreen(run_dir))
 

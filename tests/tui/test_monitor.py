@@ -1,0 +1,141 @@
+"""The monitor, driven by recorded event streams and live-appended events, through Textual's pilot."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from textual.widgets import RichLog, Static
+
+from engine.telemetry import collect_telemetry, set_backend_factory
+from tests.conftest import SAMPLE_DATA
+from tests.fakes import FakeT4Backend
+from tui.app import LoradeckApp
+from tui.screens.monitor import MonitorScreen
+
+RUNS = SAMPLE_DATA / "runs"
+
+
+def text_of(app, selector) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def append(run_dir: Path, *events):
+    with open(run_dir / "events.jsonl", "a") as handle:
+        for event in events:
+            handle.write(json.dumps({"v": 1, "ts": time.time(), **event}) + "\n")
+
+
+def live_run(tmp_path, name="live") -> Path:
+    """A run directory whose 'trainer' is this test process (alive), so controls are accepted."""
+    run_dir = tmp_path / "runs" / name
+    (run_dir / "control").mkdir(parents=True)
+    os.chmod(run_dir / "control", 0o700)
+    (run_dir / "trainer.pid").write_text(str(os.getpid()))
+    append(run_dir, {"type": "started", "model": "smollm2-135m-instruct", "pid": os.getpid(), "host": "test"},
+           {"type": "model_loaded", "backend": "transformers", "device": "cpu", "max_steps": 100, "train_rows": 50,
+            "data_format": "alpaca"})
+    return run_dir
+
+
+async def test_attach_replays_a_finished_run_with_its_full_history():
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "demo-finished")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, MonitorScreen)
+        history = app.screen.history
+        assert len(history.loss) == 96 and history.summary.status == "finished"
+        assert "step 96/96" in text_of(app, "#progress-line") and "finished" in text_of(app, "#progress-line")
+        assert "eval" in text_of(app, "#metrics-line")
+        assert "No session clock" in text_of(app, "#session-panel")
+        assert "no GPU: host figures" in text_of(app, "#device-text")
+        log = app.screen.query_one("#event-log", RichLog)
+        assert any("finished" in line.text for line in log.lines)
+        await pilot.press("z")
+        assert "last 50 steps" in app.screen.query_one("#loss-plot").border_title
+        await pilot.press("escape")
+        assert app.screen.__class__.__name__ == "HomeScreen"
+
+
+async def test_deadline_run_shows_the_countdown_state_and_margin():
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "kaggle-deadline")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        session = app.screen.query_one("#session-panel", Static)
+        assert "ended with 7s left" in str(session.render()) and "margin 10s" in str(session.render())
+        assert session.has_class("session-red")
+
+
+async def test_live_events_update_curves_countdown_gpu_and_ring_the_bell(tmp_path):
+    run_dir = live_run(tmp_path)
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    bells = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.bell = lambda: bells.append(1)
+        await pilot.pause(0.2)
+        assert "waiting for telemetry" in text_of(app, "#device-text")
+        set_backend_factory(FakeT4Backend)
+        try:
+            telemetry = collect_telemetry()
+        finally:
+            set_backend_factory(__import__("engine.telemetry", fromlist=["NvmlBackend"]).NvmlBackend)
+        deadline = time.time() + 20 * 60
+        append(run_dir, *({"type": "step", "step": s, "loss": 2.0 - s / 100, "lr": 1e-4, "grad_norm": 0.5,
+                           "tokens_per_s": 900.0, "epoch": s / 10, "max_steps": 100} for s in range(1, 21)),
+               {"type": "telemetry", "step": 20, **telemetry},
+               {"type": "deadline", "step": 20, "deadline_at": deadline, "time_left_s": 1200, "margin_s": 95.0,
+                "step_s": 3.0, "save_s": 2.0},
+               {"type": "warning", "step": 20, "kind": "deadline", "threshold_s": 1800,
+                "message": "20m00s left in the session"})
+        await pilot.pause(MonitorScreen.POLL_SECONDS * 2.5)
+        assert len(app.screen.history.loss) == 20 and "step 20/100" in text_of(app, "#progress-line")
+        assert "ETA" in text_of(app, "#progress-line")
+        devices = text_of(app, "#device-text")
+        assert "GPU0 Tesla T4" in devices and "GPU1" in devices and "VRAM" in devices
+        session = app.screen.query_one("#session-panel", Static)
+        assert "left" in str(session.render()) and "margin 1m35s" in str(session.render())
+        assert session.has_class("session-amber")
+        assert bells == [1], "the deadline warning rings the terminal bell once"
+        append(run_dir, {"type": "step", "step": 21, "loss": "nan", "max_steps": 100})
+        await pilot.pause(MonitorScreen.POLL_SECONDS * 2.5)
+        assert "nan" in text_of(app, "#alerts-panel") and "learning_rate" in text_of(app, "#alerts-panel")
+
+
+async def test_controls_send_save_stop_and_extend_to_the_run(tmp_path):
+    run_dir = live_run(tmp_path)
+    append(run_dir, {"type": "deadline", "step": 0, "deadline_at": time.time() + 600, "time_left_s": 600})
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+
+    def commands():
+        return sorted(json.loads(p.read_text())["command"] for p in (run_dir / "control").glob("*.json"))
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("s")
+        assert commands() == ["save"]
+        await pilot.press("x")
+        await pilot.press("n")  # cancelled: nothing sent
+        assert commands() == ["save"]
+        await pilot.press("x")
+        await pilot.press("y")
+        assert commands() == ["save", "stop"]
+        await pilot.press("e")
+        await pilot.press(*"soon", "enter")
+        assert "not a duration" in str(app.screen.query_one("#extend-error").render())
+        for _ in range(4):
+            await pilot.press("backspace")
+        await pilot.press(*"45m", "enter")
+        extend = [json.loads(p.read_text()) for p in (run_dir / "control").glob("*extend.json")]
+        assert extend and extend[0]["seconds"] == 2700
+
+
+async def test_controls_on_a_finished_run_explain_instead_of_crashing(tmp_path):
+    run_dir = tmp_path / "runs" / "done"
+    shutil.copytree(RUNS / "demo-finished", run_dir)
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("s")
+        await pilot.pause(0.1)
+        assert any("no trainer is running" in n.message for n in app._notifications)

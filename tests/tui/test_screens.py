@@ -1,0 +1,120 @@
+"""Home navigation, the new-run form and the compare screen, through Textual's pilot."""
+
+import shutil
+import time
+
+from textual.widgets import DataTable, Input, Static, Switch
+
+from engine.config import load_config
+from tests.conftest import SAMPLE_DATA
+from tui.app import LoradeckApp
+from tui.screens.compare import CompareScreen, config_differences
+from tui.screens.monitor import MonitorScreen
+from tui.screens.new_run import NewRunScreen
+
+RUNS = SAMPLE_DATA / "runs"
+DEMO = str(SAMPLE_DATA / "configs" / "demo.toml")
+
+
+async def test_home_opens_a_run_and_compares_marked_runs():
+    app = LoradeckApp(runs_dir=RUNS)
+    async with app.run_test(size=(110, 30)) as pilot:
+        await pilot.pause(0.2)
+        table = app.screen.query_one("#runs-table", DataTable)
+        assert table.row_count >= 2
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, MonitorScreen)
+        await pilot.press("escape")
+        await pilot.press("c")
+        assert not isinstance(app.screen, CompareScreen)  # nothing marked yet: a hint instead
+        await pilot.press("space", "down", "space")
+        marks = [str(table.get_row_at(i)[0]) for i in range(2)]
+        assert marks == ["●", "●"]
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, CompareScreen)
+        diff = app.screen.query_one("#config-diff", DataTable)
+        keys = [str(diff.get_row_at(i)[0]) for i in range(diff.row_count)]
+        assert "session.budget" in keys
+        assert all(len(h.loss) > 0 for h in app.screen.histories)
+
+
+def test_config_differences_list_only_keys_that_differ(tmp_path):
+    for name, r in (("a", 8), ("b", 16)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text(f"[lora]\nr = {r}\nalpha = 32\n")
+    assert config_differences([tmp_path / "a", tmp_path / "b"]) == [("lora.r", [8, 16])]
+
+
+async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
+    app = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        lr = screen.query_one("#field-train-learning_rate", Input)
+        lr.value = "fast"
+        await pilot.pause(0.1)
+        error = str(screen.query_one("#field-train-learning_rate-error", Static).render())
+        assert "train.learning_rate" in error and "fast" in error
+        assert "fix" in str(screen.query_one("#form-status", Static).render())
+        lr.value = "1e-4"
+        screen.query_one("#field-lora-r", Input).value = "8"
+        screen.query_one("#field-model-load_in_4bit", Switch).value = True
+        screen.query_one("#field-session-budget", Input).value = "2h"
+        target = tmp_path / "mine.toml"
+        screen.query_one("#save-path", Input).value = str(target)
+        await pilot.pause(0.1)
+        assert "valid" in str(screen.query_one("#form-status", Static).render())
+        await pilot.press("ctrl+s")
+        saved = load_config(target)
+        assert (saved.train.learning_rate, saved.lora.r, saved.model.load_in_4bit, saved.session.budget) == \
+            (1e-4, 8, True, "2h")
+        assert saved.data.path.endswith("demo_train.jsonl")
+
+
+async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny_model_dir, tmp_path):
+    from engine.control import send_command
+    from engine.rundir import trainer_pid
+
+    app = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        screen = app.screen
+        screen.query_one("#field-model-name", Input).value = str(tiny_model_dir)
+        screen.query_one("#field-train-max_steps", Input).value = "100000"
+        screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
+        await pilot.pause(0.1)
+        await pilot.press("f2")
+        for _ in range(100):
+            await pilot.pause(0.1)
+            verdict = str(screen.query_one("#preflight-panel", Static).render())
+            if "FITS" in verdict or "TIGHT" in verdict or "WON'T" in verdict:
+                break
+        assert "FITS" in verdict, verdict
+        await pilot.press("f5")
+        for _ in range(200):
+            await pilot.pause(0.1)
+            if isinstance(app.screen, MonitorScreen):
+                break
+        assert isinstance(app.screen, MonitorScreen)
+        await pilot.pause(0.5)
+        history = app.screen.history
+        run_dir = history.paths.root
+        assert run_dir.parent == tmp_path / "runs"
+    try:
+        deadline = time.time() + 60
+        while not history.loss.steps and time.time() < deadline:
+            history.poll()
+            time.sleep(0.2)
+        assert history.loss.steps, "the detached trainer started training (and quitting the TUI left it running)"
+    finally:
+        if trainer_pid(run_dir):
+            send_command(run_dir, "stop")
+            deadline = time.time() + 60
+            while trainer_pid(run_dir) and time.time() < deadline:
+                time.sleep(0.2)
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""SVG snapshots of the main screens at fixed sizes (pytest-textual-snapshot; `--snapshot-update` to re-record).
+
+Screens replay the recorded runs in sample_data/runs/, so every figure on them is fixed.
+"""
+
+import time
+
+import pytest
+
+from tests.conftest import SAMPLE_DATA
+from tui.app import LoradeckApp
+
+RUNS = SAMPLE_DATA / "runs"
+DEMO = str(SAMPLE_DATA / "configs" / "demo.toml")
+
+
+@pytest.fixture(autouse=True)
+def utc_clock(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+async def settle(pilot):
+    await pilot.pause(0.5)
+
+
+def test_home_snapshot(snap_compare):
+    assert snap_compare(LoradeckApp(runs_dir=RUNS, config_path=DEMO), terminal_size=(110, 30), run_before=settle)
+
+
+def test_monitor_gpu_session_snapshot(snap_compare):
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "t4-session")
+    assert snap_compare(app, terminal_size=(110, 34), run_before=settle)
+
+
+def test_monitor_fits_80x24(snap_compare):
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "demo-finished")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_new_run_snapshot(snap_compare):
+    app = LoradeckApp(runs_dir=RUNS, config_path=DEMO)
+    assert snap_compare(app, terminal_size=(110, 40), press=["n"], run_before=settle)
+
+
+def test_compare_snapshot(snap_compare):
+    async def mark_two(pilot):
+        await settle(pilot)
+        await pilot.press("space", "down", "space", "c")
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 30), run_before=mark_two)
+
+
+def test_light_theme_snapshot(snap_compare):
+    async def light(pilot):
+        pilot.app.theme = "loradeck-light"
+        await settle(pilot)
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "kaggle-deadline")
+    assert snap_compare(app, terminal_size=(100, 30), run_before=light)
+
+
+def test_high_contrast_theme_snapshot(snap_compare):
+    async def contrast(pilot):
+        pilot.app.theme = "loradeck-high-contrast"
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS, config_path=DEMO), terminal_size=(100, 30), run_before=contrast)
