@@ -36,8 +36,30 @@ class Series:
         self.steps.append(step)
         self.values.append(number)
 
-    def pairs(self) -> list[tuple[int, float]]:
+    def pairs(self, last: int | None = None) -> list[tuple[int, float]]:
+        """(step, value) pairs, only the newest `last` when given."""
+        if last is not None:
+            return list(zip(self.steps[-last:], self.values[-last:]))
         return list(zip(self.steps, self.values))
+
+    def downsampled(self, limit: int, since_step: int | None = None) -> tuple[list[int], list[float]]:
+        """At most about `limit` points for plotting: bucket means, the newest point always kept."""
+        start = 0
+        if since_step is not None:
+            import bisect
+
+            start = bisect.bisect_left(self.steps, since_step)
+        steps, values = self.steps[start:], self.values[start:]
+        if len(steps) <= limit:
+            return steps, values
+        size = -(-len(steps) // limit)
+        out_steps, out_values = [], []
+        for begin in range(0, len(steps), size):
+            chunk = [v for v in values[begin:begin + size] if v == v]
+            out_steps.append(steps[min(begin + size, len(steps)) - 1])
+            out_values.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+        out_steps[-1], out_values[-1] = steps[-1], values[-1]
+        return out_steps, out_values
 
     def last(self) -> float | None:
         return self.values[-1] if self.values else None
@@ -79,7 +101,7 @@ class RunHistory:
                 self.summary.message = self.summary.message or "the trainer process is gone without a finished event"
         if events and len(self.loss) != self._alerts_at:
             self._alerts_at = len(self.loss)
-            self.alerts = detect_alerts(self.loss.pairs()[-200:], self.eval_loss.pairs())
+            self.alerts = detect_alerts(self.loss.pairs(last=200), self.eval_loss.pairs(last=50))
         return len(events)
 
     def _apply(self, event: dict[str, Any]) -> None:

@@ -55,7 +55,14 @@ class HomeScreen(Screen):
         for column in RUN_COLUMNS:
             table.add_column(column, key=column)
         self.action_refresh_runs()
-        self.set_interval(self.REFRESH_SECONDS, self.action_refresh_runs)
+        self.set_interval(self.REFRESH_SECONDS, self._refresh_if_visible)
+
+    def _refresh_if_visible(self) -> None:
+        if self.is_current:  # a monitor on top does its own polling; Home catches up when shown again
+            self.action_refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh_runs()
 
     def _setup_text(self) -> str:
         from engine.config import load_config

@@ -197,6 +197,7 @@ class MonitorScreen(Screen):
         Binding("escape", "back", "Back"),
     ]
     POLL_SECONDS = 0.5
+    PLOT_EVERY_SECONDS = 1.0  # plotext is pure Python; under a flood of events the curve redraws once a second
 
     def __init__(self, run_dir: str | Path):
         super().__init__()
@@ -206,6 +207,9 @@ class MonitorScreen(Screen):
         self.zoom_index = 0
         self.plotted_points = -1
         self.logged = 0
+        self.plotted_at = 0.0
+        self.plot_stale = True
+        self.panels_drawn = False
         self.bell_rung: list[float] = []
 
     def compose(self) -> ComposeResult:
@@ -248,9 +252,13 @@ class MonitorScreen(Screen):
         bar = self.query_one("#step-progress", ProgressBar)
         if summary.max_steps:
             bar.update(total=summary.max_steps, progress=summary.step)
-        if new_events or self.plotted_points < 0:
-            self.query_one("#metrics-line", Static).update(metrics_text(self.history))
+        if new_events:
+            self.plot_stale = True
+        if self.plot_stale and time.monotonic() - self.plotted_at >= self.PLOT_EVERY_SECONDS:
             self._redraw_plot()
+        if new_events or not self.panels_drawn:
+            self.panels_drawn = True
+            self.query_one("#metrics-line", Static).update(metrics_text(self.history))
             self.query_one("#device-text", Static).update(device_text(self.history))
             self.query_one("#memory-history", Sparkline).data = memory_series(self.history)[-120:]
             self._update_alerts()
@@ -284,6 +292,7 @@ class MonitorScreen(Screen):
 
     def _redraw_plot(self) -> None:
         plot_widget = self.query_one("#loss-plot", PlotextPlot)
+        self.plotted_at, self.plot_stale = time.monotonic(), False
         zoom = ZOOM_STEPS[self.zoom_index]
         loss, evals = self.history.loss, self.history.eval_loss
         self.plotted_points = len(loss) + len(evals)
@@ -292,16 +301,14 @@ class MonitorScreen(Screen):
         plt.clear_figure()
         colours = self.app.theme_variables
         first_step = loss.steps[-zoom] if zoom and len(loss) > zoom else None
-        xs, ys = loss.steps, loss.values
-        if first_step is not None:
-            xs = [s for s in loss.steps if s >= first_step]
-            ys = loss.values[-len(xs):]
+        # plotext is pure Python: a long run is drawn from bucket means, a few points per column.
+        limit = max(400, plot_widget.size.width * 2)
+        xs, ys = loss.downsampled(limit, first_step)
         if xs:
             plt.plot(xs, ys, label="train", marker="braille", color=_rgb(colours.get("primary")))
-        eval_points = [(s, v) for s, v in evals.pairs() if first_step is None or s >= first_step]
-        if eval_points:
-            plt.scatter([s for s, _ in eval_points], [v for _, v in eval_points], label="eval", marker="dot",
-                        color=_rgb(colours.get("accent")))
+        eval_steps, eval_values = evals.downsampled(limit, first_step)
+        if eval_steps:
+            plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=_rgb(colours.get("accent")))
         plt.xlabel("step")
         plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
         plot_widget.refresh()

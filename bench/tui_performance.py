@@ -1,0 +1,182 @@
+"""TUI performance, side by side in one run.
+
+1. startup: seconds from launching `loradeck` in tmux to an interactive home
+   screen, next to a bare Textual app that shows one line (the floor).
+2. ingest: events/s folded into a RunHistory from a large recorded log
+   (incremental tail + series), next to plain `read_events` (json per line, no
+   folding); and the monitor's frame time while 500 events land per tick.
+3. attach overhead: tokens/s of the bundled model on the demo data with no
+   client, then with `loradeck attach` open on the run in tmux.
+
+    python bench/tui_performance.py [--events 200000] [--steps 16] [--skip-attach]
+
+Targets (issue 5): home < 1 s; attach costs < 2% throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LORADECK = str(Path(sys.executable).with_name("loradeck"))
+
+
+def tmux_session(name: str, command: str, width: int = 100, height: int = 30) -> None:
+    """Start a detached tmux session, retrying while a previous tmux server is still shutting down."""
+    for attempt in range(5):
+        result = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
+                                 "-c", str(REPO), f"env TERM=xterm-256color {command}"], capture_output=True)
+        if result.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"tmux would not start: {result.stderr.decode().strip()}")
+
+
+def tmux_time_to(command: str, text: str, timeout: float = 30.0) -> float:
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    tmux_session(name, command)
+    try:
+        while time.monotonic() - started < timeout:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+            if text in screen:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise RuntimeError(f"never saw {text!r}")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def bench_startup(runs: Path) -> None:
+    hello = Path(tempfile.mkdtemp()) / "hello.py"
+    hello.write_text("from textual.app import App\nfrom textual.widgets import Static\n"
+                     "class Hello(App):\n    def compose(self):\n        yield Static('hello-ready')\nHello().run()\n")
+    ours = [tmux_time_to(f"{LORADECK} --runs-dir {runs}", "demo-finished") for _ in range(5)]
+    floor = [tmux_time_to(f"{sys.executable} {hello}", "hello-ready") for _ in range(5)]
+    print(f"startup   loradeck home {statistics.median(ours):.2f} s   bare Textual app {statistics.median(floor):.2f} s"
+          f"   ratio {statistics.median(ours) / statistics.median(floor):.2f}x   (median of 5; target < 1 s)")
+
+
+def make_log(path: Path, count: int) -> None:
+    recorded = [json.loads(line) for line in (REPO / "sample_data/runs/t4-session/events.jsonl").read_text().splitlines()]
+    steps = [e for e in recorded if e["type"] == "step"]
+    telemetry = [e for e in recorded if e["type"] == "telemetry"]
+    with open(path, "w") as handle:
+        handle.write(json.dumps(recorded[0]) + "\n")
+        for index in range(count - 1):
+            if index % 20 == 19:
+                event = {**telemetry[index % len(telemetry)], "step": index // 2}
+            else:
+                event = {**steps[index % len(steps)], "step": index, "max_steps": count}
+            handle.write(json.dumps(event) + "\n")
+
+
+def bench_ingest(count: int) -> None:
+    from engine.events import read_events
+    from engine.history import RunHistory
+
+    run_dir = Path(tempfile.mkdtemp()) / "big-run"
+    run_dir.mkdir()
+    make_log(run_dir / "events.jsonl", count)
+    started = time.perf_counter()
+    plain = len(read_events(run_dir / "events.jsonl"))
+    plain_s = time.perf_counter() - started
+    history = RunHistory(run_dir)
+    started = time.perf_counter()
+    while history.poll():
+        pass
+    ours_s = time.perf_counter() - started
+    print(f"ingest    RunHistory {count / ours_s:,.0f} events/s   plain read_events {plain / plain_s:,.0f} events/s   "
+          f"ratio {plain_s / ours_s:.2f}x   ({count:,} events, {len(history.loss):,} steps folded)")
+    asyncio.run(frame_times(run_dir))
+
+
+async def frame_times(source: Path) -> None:
+    from tui.app import LoradeckApp
+    from tui.screens.monitor import MonitorScreen
+
+    run_dir = Path(tempfile.mkdtemp()) / "live-run"
+    run_dir.mkdir()
+    lines = (source / "events.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_text("".join(lines[:1000]))
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    frames = []
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.pause(0.3)
+        screen = app.screen
+        assert isinstance(screen, MonitorScreen)
+        with open(run_dir / "events.jsonl", "a") as handle:
+            for start in range(1000, min(len(lines), 41000), 500):
+                handle.write("".join(lines[start:start + 500]))
+                handle.flush()
+                began = time.perf_counter()
+                screen.refresh_from_history()
+                await pilot.pause(0)
+                frames.append(time.perf_counter() - began)
+    frames.sort()
+    print(f"frames    monitor refresh with 500 new events per tick: median {statistics.median(frames) * 1000:.1f} ms, "
+          f"p95 {frames[int(len(frames) * 0.95)] * 1000:.1f} ms over {len(frames)} ticks "
+          f"(one tick per {MonitorScreen.POLL_SECONDS:.1f} s → {500 / MonitorScreen.POLL_SECONDS:,.0f} events/s sustained)")
+
+
+def train_tokens_per_s(run_dir: Path, steps: int, attach: bool) -> float:
+    from engine.events import read_events
+
+    command = [sys.executable, "-m", "tui.cli", "train", str(REPO / "sample_data/configs/demo.toml"), "--run-dir",
+               str(run_dir), "--set", f"train.max_steps={steps}", "--set", "train.eval_every=0", "--set",
+               "train.save_every=0", "--set", "data.eval_path=", "--set", "data.eval_split=0"]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    name = None
+    if attach:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        tmux_session(name, f"{LORADECK} attach {run_dir}", 110, 34)
+    try:
+        while not any(e["type"] == "finished" for e in read_events(run_dir / "events.jsonl")):
+            time.sleep(1)
+    finally:
+        if name:
+            subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    events = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+    timed = events[2:]  # the first steps include warm-up
+    tokens = timed[-1]["tokens_seen"] - events[1]["tokens_seen"]
+    return tokens / (timed[-1]["ts"] - events[1]["ts"])
+
+
+def bench_attach(steps: int) -> None:
+    work = Path(tempfile.mkdtemp())
+    alone = train_tokens_per_s(work / "alone", steps, attach=False)
+    watched = train_tokens_per_s(work / "watched", steps, attach=True)
+    print(f"attach    no client {alone:.1f} tok/s   TUI attached {watched:.1f} tok/s   ratio {watched / alone:.3f}x   "
+          f"(cost {max(0.0, 1 - watched / alone) * 100:.1f}%; target < 2%)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--skip-attach", action="store_true")
+    args = parser.parse_args()
+    runs = Path(tempfile.mkdtemp()) / "runs"
+    shutil.copytree(REPO / "sample_data" / "runs", runs, ignore=shutil.ignore_patterns("*.py"))
+    bench_startup(runs)
+    bench_ingest(args.events)
+    if not args.skip_attach:
+        bench_attach(args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
