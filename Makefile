@@ -27,6 +27,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/train_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/resume_gap.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/session_deadline.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/tui_performance.py
 
 clean:
 	rm -rf $(VENV)

@@ -7,15 +7,17 @@ import time
 
 import pytest
 
-from tests.conftest import SAMPLE_DATA
+from tests.conftest import REPO, SAMPLE_DATA
 from tui.app import LoradeckApp
 
-RUNS = SAMPLE_DATA / "runs"
-DEMO = str(SAMPLE_DATA / "configs" / "demo.toml")
+# Relative to the repository (the tests chdir there), so no machine-specific path lands in a snapshot.
+RUNS = SAMPLE_DATA.relative_to(REPO) / "runs"
+DEMO = str(SAMPLE_DATA.relative_to(REPO) / "configs" / "demo.toml")
 
 
 @pytest.fixture(autouse=True)
 def utc_clock(monkeypatch):
+    monkeypatch.chdir(REPO)
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     yield

@@ -14,6 +14,7 @@ from textual.widgets import Footer, Header, Input, Label, Select, Static, Switch
 
 from engine.config import RunConfig, load_config, section_fields, set_value
 from engine.errors import LoradeckError
+from tui.format import short_path
 
 # (dotted key, label) in form order; choices come from the config model itself.
 FORM_FIELDS = (
@@ -97,7 +98,8 @@ class NewRunScreen(Screen):
                             yield Select([(c or "none", c) for c in meta["choices"]], value=value, allow_blank=False,
                                          id=field_id(key))
                         else:
-                            yield Input(str(value), id=field_id(key), tooltip=meta.get("help"))
+                            shown = short_path(value) if key == "data.path" and value else str(value)
+                            yield Input(shown, id=field_id(key), tooltip=meta.get("help"))
                     yield Static("", id=field_id(key) + "-error", classes="field-error")
                 with Horizontal(classes="form-row"):
                     yield Label("save as", classes="form-label")
