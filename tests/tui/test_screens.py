@@ -1,6 +1,5 @@
 """Home navigation, the new-run form and the compare screen, through Textual's pilot."""
 
-import shutil
 import time
 
 from textual.widgets import DataTable, Input, Static, Switch
@@ -79,42 +78,43 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
     from engine.control import send_command
     from engine.rundir import trainer_pid
 
-    app = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)
-    async with app.run_test(size=(110, 40)) as pilot:
-        await pilot.press("n")
-        await pilot.pause(0.2)
-        screen = app.screen
-        screen.query_one("#field-model-name", Input).value = str(tiny_model_dir)
-        screen.query_one("#field-train-max_steps", Input).value = "100000"
-        screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
-        await pilot.pause(0.1)
-        await pilot.press("f2")
-        for _ in range(100):
-            await pilot.pause(0.1)
-            verdict = str(screen.query_one("#preflight-panel", Static).render())
-            if "FITS" in verdict or "TIGHT" in verdict or "WON'T" in verdict:
-                break
-        assert "FITS" in verdict, verdict
-        await pilot.press("f5")
-        for _ in range(200):
-            await pilot.pause(0.1)
-            if isinstance(app.screen, MonitorScreen):
-                break
-        assert isinstance(app.screen, MonitorScreen)
-        await pilot.pause(0.5)
-        history = app.screen.history
-        run_dir = history.paths.root
-        assert run_dir.parent == tmp_path / "runs"
+    runs = tmp_path / "runs"
+    app = LoradeckApp(runs_dir=runs, config_path=DEMO)
     try:
+        async with app.run_test(size=(110, 40)) as pilot:
+            await pilot.press("n")
+            await pilot.pause(0.2)
+            screen = app.screen
+            screen.query_one("#field-model-name", Input).value = str(tiny_model_dir)
+            screen.query_one("#field-train-max_steps", Input).value = "100000"
+            screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
+            await pilot.pause(0.1)
+            await pilot.press("f2")
+            for _ in range(100):
+                await pilot.pause(0.1)
+                verdict = str(screen.query_one("#preflight-panel", Static).render())
+                if "FITS" in verdict or "TIGHT" in verdict or "WON'T" in verdict:
+                    break
+            assert "FITS" in verdict, verdict
+            await pilot.press("f5")
+            for _ in range(200):
+                await pilot.pause(0.1)
+                if isinstance(app.screen, MonitorScreen):
+                    break
+            assert isinstance(app.screen, MonitorScreen)
+            await pilot.pause(0.5)
+            history = app.screen.history
+            assert history.paths.root.parent == runs
         deadline = time.time() + 60
         while not history.loss.steps and time.time() < deadline:
             history.poll()
             time.sleep(0.2)
         assert history.loss.steps, "the detached trainer started training (and quitting the TUI left it running)"
     finally:
-        if trainer_pid(run_dir):
-            send_command(run_dir, "stop")
-            deadline = time.time() + 60
-            while trainer_pid(run_dir) and time.time() < deadline:
-                time.sleep(0.2)
-    shutil.rmtree(run_dir, ignore_errors=True)
+        # Whatever happened above, no trainer outlives the test.
+        for run_dir in runs.glob("*") if runs.is_dir() else []:
+            if trainer_pid(run_dir):
+                send_command(run_dir, "stop")
+                deadline = time.time() + 60
+                while trainer_pid(run_dir) and time.time() < deadline:
+                    time.sleep(0.2)
