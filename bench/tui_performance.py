@@ -168,12 +168,15 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--skip-attach", action="store_true")
+    parser.add_argument("--only", choices=("startup", "ingest", "attach"), default=None)
     args = parser.parse_args()
     runs = Path(tempfile.mkdtemp()) / "runs"
     shutil.copytree(REPO / "sample_data" / "runs", runs, ignore=shutil.ignore_patterns("*.py"))
-    bench_startup(runs)
-    bench_ingest(args.events)
-    if not args.skip_attach:
+    if args.only in (None, "startup"):
+        bench_startup(runs)
+    if args.only in (None, "ingest"):
+        bench_ingest(args.events)
+    if args.only == "attach" or (args.only is None and not args.skip_attach):
         bench_attach(args.steps)
     return 0
 

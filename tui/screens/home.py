@@ -56,6 +56,8 @@ class HomeScreen(Screen):
             table.add_column(column, key=column)
         self.action_refresh_runs()
         self.set_interval(self.REFRESH_SECONDS, self._refresh_if_visible)
+        # Status colours are read from the theme when a row is drawn, so a theme switch redraws the rows.
+        self.app.theme_changed_signal.subscribe(self, lambda theme: self.action_refresh_runs())
 
     def _refresh_if_visible(self) -> None:
         if self.is_current:  # a monitor on top does its own polling; Home catches up when shown again

@@ -210,6 +210,7 @@ class MonitorScreen(Screen):
         self.plotted_at = 0.0
         self.plot_stale = True
         self.panels_drawn = False
+        self.shown: dict[str, str] = {}
         self.bell_rung: list[float] = []
 
     def compose(self) -> ComposeResult:
@@ -248,9 +249,9 @@ class MonitorScreen(Screen):
         """Fold in new events (coalesced per tick) and redraw what changed."""
         new_events = self.history.poll()
         summary = self.history.summary
-        self.query_one("#progress-line", Static).update(progress_line(self.history))
+        self._show("#progress-line", progress_line(self.history))
         bar = self.query_one("#step-progress", ProgressBar)
-        if summary.max_steps:
+        if summary.max_steps and (bar.total, bar.progress) != (summary.max_steps, summary.step):
             bar.update(total=summary.max_steps, progress=summary.step)
         if new_events:
             self.plot_stale = True
@@ -258,9 +259,12 @@ class MonitorScreen(Screen):
             self._redraw_plot()
         if new_events or not self.panels_drawn:
             self.panels_drawn = True
-            self.query_one("#metrics-line", Static).update(metrics_text(self.history))
-            self.query_one("#device-text", Static).update(device_text(self.history))
-            self.query_one("#memory-history", Sparkline).data = memory_series(self.history)[-120:]
+            self._show("#metrics-line", metrics_text(self.history))
+            self._show("#device-text", device_text(self.history))
+            memory = memory_series(self.history)[-120:]
+            sparkline = self.query_one("#memory-history", Sparkline)
+            if list(sparkline.data or []) != memory:
+                sparkline.data = memory
             self._update_alerts()
             unwritten = min(self.history.log_count - self.logged, len(self.history.log))
             log = self.query_one("#event-log", RichLog)
@@ -274,21 +278,26 @@ class MonitorScreen(Screen):
                 self.bell_rung.append(warning.get("threshold_s"))
                 self.notify(warning.get("message", ""), title="session", severity="warning")
 
+    def _show(self, selector: str, text: str) -> None:
+        """Update a Static only when its text changed: every repaint costs CPU the trainer may need."""
+        if self.shown.get(selector) != text:
+            self.shown[selector] = text
+            self.query_one(selector, Static).update(text)
+
     def _update_session(self) -> None:
         text, state = session_text(self.history)
+        self._show("#session-panel", text)
         panel = self.query_one("#session-panel", Static)
-        panel.update(text)
         for name in ("none", "ok", "amber", "red"):
             panel.set_class(name == state, f"session-{name}")
 
     def _update_alerts(self) -> None:
         alerts = self.history.alerts
-        panel = self.query_one("#alerts-panel", Static)
         if not alerts:
-            panel.update("[$success]no alerts[/]")
+            self._show("#alerts-panel", "[$success]no alerts[/]")
         else:
-            panel.update("\n".join(f"[{'$error' if a.severity == 'error' else '$warning'}]{a.kind}[/] {a.message}"
-                                   for a in alerts))
+            self._show("#alerts-panel", "\n".join(f"[{'$error' if a.severity == 'error' else '$warning'}]{a.kind}[/] "
+                                                  f"{a.message}" for a in alerts))
 
     def _redraw_plot(self) -> None:
         plot_widget = self.query_one("#loss-plot", PlotextPlot)
