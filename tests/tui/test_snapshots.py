@@ -69,3 +69,16 @@ def test_high_contrast_theme_snapshot(snap_compare):
         pilot.app.theme = "loradeck-high-contrast"
         await settle(pilot)
     assert snap_compare(LoradeckApp(runs_dir=RUNS, config_path=DEMO), terminal_size=(100, 30), run_before=contrast)
+
+
+def test_dataset_screen_snapshot(snap_compare, default_model_dir):
+    from tui.screens.dataset import DatasetScreen
+
+    async def inspected(pilot):
+        pilot.app.push_screen(DatasetScreen(str(SAMPLE_DATA.relative_to(REPO) / "demo_train.jsonl"), max_length=96))
+        for _ in range(600):
+            await pilot.pause(0.1)
+            if pilot.app.screen.report is not None:
+                break
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(120, 36), run_before=inspected)

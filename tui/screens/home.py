@@ -26,6 +26,7 @@ class HomeScreen(Screen):
         Binding("n", "new_run", "New run"),
         Binding("space", "mark_run", "Mark"),
         Binding("c", "compare_runs", "Compare marked"),
+        Binding("d", "dataset", "Dataset"),
         Binding("r", "refresh_runs", "Refresh"),
     ]
     REFRESH_SECONDS = 2.0
@@ -145,6 +146,23 @@ class HomeScreen(Screen):
         from tui.screens.compare import CompareScreen
 
         self.app.push_screen(CompareScreen(runs))
+
+    def action_dataset(self) -> None:
+        """Inspect the selected run's dataset, else the configured one."""
+        from engine.config import load_config
+        from engine.errors import LoradeckError
+        from tui.screens.dataset import DatasetScreen, dataset_for_run
+
+        try:
+            config = load_config(self.config_path)
+        except LoradeckError:
+            config = load_config(None)
+        run = self._cursor_run()
+        path = (dataset_for_run(run) if run else "") or config.data.path
+        if path and not Path(path).exists():
+            path = ""
+        self.app.push_screen(DatasetScreen(short_path(path) if path else "", config.model.name,
+                                           config.data.max_length))
 
     def action_new_run(self) -> None:
         from tui.screens.new_run import NewRunScreen

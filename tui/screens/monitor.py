@@ -182,7 +182,8 @@ def log_line(event: dict, colours: dict[str, str]) -> Text:
         label, text = "command", str(event.get("command"))
     else:
         text = f"pid {event.get('pid')} on {event.get('host')}"
-    return Text.assemble((f"{stamp} {step}  ", colours.get("text-muted", "")),
+    # "text-muted" is a Textual expression ("auto 60%"), not a colour Rich can parse: dim instead.
+    return Text.assemble((f"{stamp} {step}  ", "dim"),
                          (f"{label} ", f"bold {colours.get(colour, '')}"), text)
 
 
