@@ -157,3 +157,12 @@ def test_mask_segments_show_exactly_the_trained_answer(smollm_tokenizer, tmp_pat
     assert "What is the capital of France?" in "".join(s.text for s in segments if s.kind == "masked")
     cut = mask_segments(smollm_tokenizer, report.conversations[0], 20)
     assert cut[-1].kind == "cut" and "Paris" in cut[-1].text
+
+
+def test_an_answer_far_longer_than_the_rest_is_reported(smollm_tokenizer, tmp_path):
+    rows = CLEAN * 2 + [{"instruction": f"Question {i}?", "output": f"Answer {i} is short."} for i in range(5)]
+    rows = [dict(r, instruction=r["instruction"] + f" ({i})") for i, r in enumerate(rows)]  # no duplicates
+    long_row = {"instruction": "Paste the manual.", "output": "This section explains the setup. " * 100}
+    found = codes(run(write(tmp_path, rows + [long_row]), smollm_tokenizer))
+    assert found.get("long_answer") == [16]
+    assert "long_answer" not in codes(run(write(tmp_path, rows), smollm_tokenizer))

@@ -13,8 +13,8 @@ from engine.config import load_config
 from engine.errors import RunError
 from engine.events import read_events
 from engine.handoff import open_bundle
-from engine.session import (PRESET_BUDGETS, SAVE_FLOOR_S, SessionClock, container_start_time, resolve_deadline,
-                            run_class_for)
+from engine.session import (PRESET_BUDGETS, SAVE_FLOOR_S, SessionClock, container_start_time, process_start_time,
+                            resolve_deadline, run_class_for)
 from engine.trainer import TrainingRun, run_training
 from tests.conftest import SAMPLE_DATA, tiny_config
 
@@ -106,7 +106,8 @@ def test_container_start_comes_from_pid1_age_else_uptime(tmp_path):
 def test_deadline_sources_budget_preset_and_absolute_time():
     config = load_config(None, ["session.budget=2h", "session.preset=kaggle"])
     deadline, source = resolve_deadline(config.session)
-    assert deadline - time.time() == pytest.approx(2 * 3600, abs=60) and "2h from trainer start" in source
+    # counted from this process's start (a pytest run may be minutes old by now)
+    assert deadline == pytest.approx(process_start_time() + 2 * 3600, abs=2) and "2h from trainer start" in source
     config = load_config(None, ["session.preset=kaggle", "session.start=auto"])
     deadline, source = resolve_deadline(config.session)
     assert PRESET_BUDGETS["kaggle"] == 12 * 3600 and "container start" in source

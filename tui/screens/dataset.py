@@ -170,6 +170,9 @@ class DatasetScreen(Screen):
         filled = [((low + high) / 2, count) for low, high, count in buckets if count]
         plt.bar([x for x, _ in filled], [c for _, c in filled], width=0.9, color=_rgb(self.app.theme_variables, "primary"))
         plt.xlim(0, buckets[-1][1] if buckets else self.report.max_length)
+        # Explicit ticks: plotext's own choice varies with redraw timing; these name the filled buckets.
+        ticks = [x for x, _ in filled] + [self.report.max_length]
+        plt.xticks(ticks, [f"{int(x)}" for x in ticks[:-1]] + [f"max {self.report.max_length}"])
         plt.vline(self.report.max_length, color=_rgb(self.app.theme_variables, "error"))
         plt.xlabel("tokens after the chat template")
         plot.refresh()
