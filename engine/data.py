@@ -445,7 +445,9 @@ def render(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, 
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True,
                                                **kwargs) if index else ""
-        through = tokenizer.apply_chat_template(messages[:index + 1], tokenize=False, **kwargs)
+        # The last turn's prefix is the whole text: one template render fewer per row.
+        through = full if index == len(messages) - 1 else tokenizer.apply_chat_template(
+            messages[:index + 1], tokenize=False, **kwargs)
         if full.startswith(through) and through.startswith(before):
             spans.append((len(before), len(through)))
         else:  # a template that rewrites earlier turns: fall back to finding the answer text

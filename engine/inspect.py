@@ -121,15 +121,23 @@ def _normalize(text: str) -> str:
 def _script(text: str) -> str | None:
     """The dominant writing system of a text (Latin, CJK, Cyrillic, …), None when it has no letters."""
     counts: Counter = Counter()
+    letters = 0
     for char in text[:2000]:
-        if char.isalpha():
-            name = unicodedata.name(char, "")
-            if name.startswith(("CJK", "HIRAGANA", "KATAKANA")):
-                counts["CJK"] += 1
-            elif name.startswith("HANGUL"):
-                counts["Hangul"] += 1
-            else:
-                counts[name.split(" ")[0].title() if name else "Other"] += 1
+        if not char.isalpha():
+            continue
+        letters += 1
+        if letters > 400:  # enough to know the script; unicodedata.name is the slow part
+            break
+        if char.isascii():
+            counts["Latin"] += 1
+            continue
+        name = unicodedata.name(char, "")
+        if name.startswith(("CJK", "HIRAGANA", "KATAKANA")):
+            counts["CJK"] += 1
+        elif name.startswith("HANGUL"):
+            counts["Hangul"] += 1
+        else:
+            counts[name.split(" ")[0].title() if name else "Other"] += 1
     return counts.most_common(1)[0][0] if counts else None
 
 
