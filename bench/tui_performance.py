@@ -132,6 +132,23 @@ async def frame_times(source: Path) -> None:
           f"(one tick per {MonitorScreen.POLL_SECONDS:.1f} s → {500 / MonitorScreen.POLL_SECONDS:,.0f} events/s sustained)")
 
 
+CLIENT_SHARE: list[float] = []
+
+
+def _pid_of(pattern: str) -> int | None:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a live process, in clock ticks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def train_tokens_per_s(run_dir: Path, steps: int, attach: bool) -> float:
     from engine.events import read_events
 
@@ -140,15 +157,24 @@ def train_tokens_per_s(run_dir: Path, steps: int, attach: bool) -> float:
                "train.save_every=0", "--set", "data.eval_path=", "--set", "data.eval_split=0"]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     name = None
+    trainer = int((run_dir / "trainer.pid").read_text())
     if attach:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         tmux_session(name, f"{LORADECK} attach {run_dir}", 110, 34)
+        time.sleep(1.0)
+    client = _pid_of(f"attach {run_dir}") if attach else None
+    ticks = {"trainer": 0, "client": 0}
     try:
         while not any(e["type"] == "finished" for e in read_events(run_dir / "events.jsonl")):
+            ticks["trainer"] = _cpu_ticks(trainer) or ticks["trainer"]
+            if client:
+                ticks["client"] = _cpu_ticks(client) or ticks["client"]
             time.sleep(1)
     finally:
         if name:
             subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    if attach and ticks["trainer"]:
+        CLIENT_SHARE.append(ticks["client"] / ticks["trainer"])
     events = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
     timed = events[2:]  # the first steps include warm-up
     tokens = timed[-1]["tokens_seen"] - events[1]["tokens_seen"]
@@ -166,6 +192,9 @@ def bench_attach(steps: int, pairs: int = 3) -> None:
     print(f"attach    no client {a:.1f} tok/s   TUI attached {w:.1f} tok/s   ratio {w / a:.3f}x   "
           f"(median of {pairs} alternating pairs; runs spread {min(alone + watched):.0f}–{max(alone + watched):.0f} "
           f"tok/s; cost {max(0.0, 1 - w / a) * 100:.1f}%; target < 2%)")
+    if CLIENT_SHARE:
+        print(f"          CPU time of the attached TUI = {statistics.median(CLIENT_SHARE) * 100:.2f}% of the trainer's "
+              "CPU time over the same run (a direct measure, immune to run-to-run drift)")
 
 
 def main() -> int:
