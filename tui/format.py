@@ -54,3 +54,10 @@ def short_path(path: str | None) -> str:
     except ValueError:
         return path
     return path if relative.startswith("..") else relative
+
+
+def theme_rgb(colour: str | None):
+    """A theme colour as the (r, g, b) tuple plotext takes, None when the theme lacks it."""
+    from textual.color import Color
+
+    return Color.parse(colour).rgb if colour else None

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header
 from textual_plotext import PlotextPlot
 
 from engine.history import RunHistory
+from tui.format import theme_rgb
 
 LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")
 
@@ -77,13 +78,11 @@ class CompareScreen(Screen):
             table.add_row("(identical configs)", *("" for _ in self.histories))
 
     def _draw(self) -> None:
-        from textual.color import Color
-
         plot = self.query_one("#compare-plot", PlotextPlot)
         plt = plot.plt
         plt.clear_data()
         for index, history in enumerate(self.histories):
-            colour = Color.parse(self.app.theme_variables[LINE_VARIABLES[index % len(LINE_VARIABLES)]]).rgb
+            colour = theme_rgb(self.app.theme_variables.get(LINE_VARIABLES[index % len(LINE_VARIABLES)]))
             name = history.summary.run_id[-20:]
             if len(history.loss):
                 plt.plot(history.loss.steps, history.loss.values, label=name, marker="braille", color=colour)

@@ -16,7 +16,7 @@ from textual.suggester import Suggester
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from tui.format import short_path
+from tui.format import short_path, theme_rgb
 
 SEVERITY_VARIABLE = {"error": "error", "warning": "warning", "info": "primary"}
 
@@ -168,12 +168,13 @@ class DatasetScreen(Screen):
         plt.clear_figure()
         buckets = self.report.histogram(bins=16)
         filled = [((low + high) / 2, count) for low, high, count in buckets if count]
-        plt.bar([x for x, _ in filled], [c for _, c in filled], width=0.9, color=_rgb(self.app.theme_variables, "primary"))
+        colours = self.app.theme_variables
+        plt.bar([x for x, _ in filled], [c for _, c in filled], width=0.9, color=theme_rgb(colours.get("primary")))
         plt.xlim(0, buckets[-1][1] if buckets else self.report.max_length)
         # Explicit ticks: plotext's own choice varies with redraw timing; these name the filled buckets.
         ticks = [x for x, _ in filled] + [self.report.max_length]
         plt.xticks(ticks, [f"{int(x)}" for x in ticks[:-1]] + [f"max {self.report.max_length}"])
-        plt.vline(self.report.max_length, color=_rgb(self.app.theme_variables, "error"))
+        plt.vline(self.report.max_length, color=theme_rgb(colours.get("error")))
         plt.xlabel("tokens after the chat template")
         plot.refresh()
 
@@ -219,12 +220,6 @@ class DatasetScreen(Screen):
             number = self.finding_rows.pop(0)
             self.finding_rows.append(number)
             self.show_record(number)
-
-
-def _rgb(colours: dict[str, str], name: str):
-    from textual.color import Color
-
-    return Color.parse(colours[name]).rgb if colours.get(name) else None
 
 
 def dataset_for_run(run_dir: str | Path) -> str:

@@ -20,7 +20,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.history import RunHistory
-from tui.format import format_bytes, format_duration, format_number
+from tui.format import format_bytes, format_duration, format_number, theme_rgb
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
 GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
@@ -315,10 +315,10 @@ class MonitorScreen(Screen):
         limit = max(400, plot_widget.size.width * 2)
         xs, ys = loss.downsampled(limit, first_step)
         if xs:
-            plt.plot(xs, ys, label="train", marker="braille", color=_rgb(colours.get("primary")))
+            plt.plot(xs, ys, label="train", marker="braille", color=theme_rgb(colours.get("primary")))
         eval_steps, eval_values = evals.downsampled(limit, first_step)
         if eval_steps:
-            plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=_rgb(colours.get("accent")))
+            plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=theme_rgb(colours.get("accent")))
         plt.xlabel("step")
         plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
         plot_widget.refresh()
@@ -366,10 +366,3 @@ class MonitorScreen(Screen):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:
             self.app.pop_screen()
-
-
-def _rgb(colour: str | None):
-    """A theme colour as the (r, g, b) tuple plotext takes."""
-    from textual.color import Color
-
-    return Color.parse(colour).rgb if colour else None
