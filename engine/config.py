@@ -173,6 +173,20 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def format_duration(seconds: float | None) -> str:
+    """'2h05m', '4m09s', '12s' or '—' (the inverse of parse_duration, for people)."""
+    if seconds is None:
+        return "—"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
 def parse_datetime(text: str):
     """An aware datetime from ISO 8601 text; naive times are taken as local time."""
     from datetime import datetime

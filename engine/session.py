@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from engine.config import RunConfig, SessionSection, parse_datetime, parse_duration
+from engine.config import RunConfig, SessionSection, format_duration, parse_datetime, parse_duration
 from engine.errors import ConfigError
 from engine.trainer import TrainingRun
 
@@ -27,6 +27,12 @@ SAVE_FLOOR_S = 1.0
 DEADLINE_EVENT_EVERY_S = 15.0
 
 
+def _started_at(stat: Path, uptime: float) -> float:
+    """Wall-clock start of the process whose /proc/<pid>/stat is `stat` (field 22: start time in ticks)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+
+
 def container_start_time(proc: str | Path = "/proc") -> tuple[float, str]:
     """Wall-clock time the container (or machine) started, and how it was found.
 
@@ -37,10 +43,7 @@ def container_start_time(proc: str | Path = "/proc") -> tuple[float, str]:
     proc = Path(proc)
     uptime = float((proc / "uptime").read_text().split()[0])
     try:
-        fields = (proc / "1" / "stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        pid1_started_after_boot = int(fields[19]) / ticks
-        return time.time() - (uptime - pid1_started_after_boot), "age of PID 1"
+        return _started_at(proc / "1" / "stat", uptime), "age of PID 1"
     except (OSError, IndexError, ValueError):
         return time.time() - uptime, "/proc/uptime"
 
@@ -49,9 +52,7 @@ def process_start_time(proc: str | Path = "/proc") -> float:
     """Wall-clock start time of this process (the trainer), from /proc, else now."""
     proc = Path(proc)
     try:
-        uptime = float((proc / "uptime").read_text().split()[0])
-        fields = (proc / "self" / "stat").read_text().rsplit(")", 1)[1].split()
-        return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+        return _started_at(proc / "self" / "stat", float((proc / "uptime").read_text().split()[0]))
     except (OSError, IndexError, ValueError):
         return time.time()
 
@@ -168,13 +169,6 @@ class SessionClock:
         self.warned = {t for t in self.warned if left <= t}
 
 
-def _clock_text(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 class SessionRun(TrainingRun):
     """A training run that saves and stops before the session deadline."""
 
@@ -203,8 +197,8 @@ class SessionRun(TrainingRun):
         left = self.clock.time_left()
         self.emit_deadline(self.resumed_from["step"] if self.resumed_from else 0)
         if left <= self.clock.buffer_s + SAVE_FLOOR_S:
-            return (f"not training: {_clock_text(left)} left in the session ({self.deadline_source}), less than "
-                    f"the {_clock_text(self.clock.buffer_s)} buffer — extend the budget or lower session.buffer")
+            return (f"not training: {format_duration(left)} left in the session ({self.deadline_source}), less than "
+                    f"the {format_duration(self.clock.buffer_s)} buffer — extend the budget or lower session.buffer")
         return None
 
     def on_train_begin(self, state, control) -> None:
@@ -216,7 +210,7 @@ class SessionRun(TrainingRun):
             threshold = min(crossed)
             self.events.emit("warning", step=step, kind="deadline", threshold_s=threshold,
                              time_left_s=round(self.clock.time_left(), 1),
-                             message=f"{_clock_text(self.clock.time_left())} left in the session: the run saves "
+                             message=f"{format_duration(self.clock.time_left())} left in the session: the run saves "
                                      f"and stops by itself before the deadline")
 
     def should_stop_after_step(self, state, control, *, save_due: bool) -> str | None:
@@ -255,8 +249,8 @@ class SessionRun(TrainingRun):
         seconds = float(command.get("seconds", 0))
         self.clock.extend(seconds)
         self.events.emit("warning", step=state.global_step, kind="extend",
-                         message=f"session extended by {_clock_text(seconds)}: "
-                                 f"{_clock_text(self.clock.time_left())} left")
+                         message=f"session extended by {format_duration(seconds)}: "
+                                 f"{format_duration(self.clock.time_left())} left")
         self.emit_deadline(state.global_step, extended_by_s=seconds)
 
 

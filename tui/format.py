@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-
-def format_duration(seconds: float | None) -> str:
-    """'2h05m', '4m09s', '12s' or '—'."""
-    if seconds is None:
-        return "—"
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+from engine.config import format_duration  # noqa: F401  (one formatter for engine messages and screens)
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
