@@ -1,21 +1,28 @@
 """Generation with a base model and any number of LoRA adapters over one copy of the base weights.
 
-Adapters are loaded into one `PeftModel` under their own names and switched
-with `set_adapter`; the base answers with every adapter disabled. Memory is
-one base model plus the (small) adapter weights, however many panes compare.
+Adapters are loaded into one `PeftModel` under their own names. Side-by-side
+panes are answered in **one batched `generate` call**: PEFT's mixed-adapter
+batches route each row through its own adapter (`__base__` disables them all),
+so N panes cost about one forward pass per token, not N. Memory is one base
+model plus the (small) adapter weights, however many panes compare.
+
+Sampling draws every row from its own generator seeded with the same seed
+(common random numbers): with equal settings two panes see the same random
+draws, so their answers differ because the models differ, not because of luck.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 from engine.errors import ModelError
 
 BASE_LABEL = "base"
+PEFT_BASE_NAME = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
 @dataclass
@@ -26,6 +33,48 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+    def problem(self) -> str | None:
+        """Why these settings cannot be used, or None."""
+        if not 1 <= self.max_new_tokens <= 8192:
+            return f"max new tokens must be 1–8192, not {self.max_new_tokens}"
+        if not 0 <= self.temperature <= 5:
+            return f"temperature must be 0–5, not {self.temperature}"
+        if not 0 < self.top_p <= 1:
+            return f"top-p must be in (0, 1], not {self.top_p}"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed}
+
+
+@dataclass
+class Pane:
+    """One side of a comparison: which model answers and the conversation it answers."""
+
+    label: str
+    messages: list[dict[str, str]]
+
+
+@dataclass
+class PaneAnswer:
+    """A pane's finished answer."""
+
+    label: str
+    text: str
+    new_tokens: int
+    stopped_by: str  # "eos", "length" or "cancelled"
+
+
+@dataclass
+class GenerationResult:
+    """All panes' answers plus timing of the batched call."""
+
+    answers: list[PaneAnswer]
+    seconds: float
+    first_token_seconds: float | None
+    tokens_per_second: float = field(default=0.0)
 
 
 def resolve_adapter(path: str | Path) -> Path:
@@ -50,6 +99,16 @@ def resolve_adapter(path: str | Path) -> Path:
                      "or a handoff bundle")
 
 
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run directory an adapter path belongs to (the run itself, or the parent of its adapter/handoff/
+    checkpoint folder), or None for a free-standing PEFT folder."""
+    folder = Path(path).expanduser().resolve()
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / "events.jsonl").is_file() and (candidate / "config.toml").is_file():
+            return candidate
+    return None
+
+
 def adapter_label(path: Path, taken: set[str]) -> str:
     """A short unique pane label for an adapter: its run id or folder name."""
     parts = path.resolve().parts
@@ -59,9 +118,144 @@ def adapter_label(path: Path, taken: set[str]) -> str:
     elif label.startswith("step-") and len(parts) > 2:
         label = f"{parts[-3]}@{label}"
     unique, n = label, 2
-    while unique in taken or unique == BASE_LABEL:
+    while unique in taken or unique in (BASE_LABEL, PEFT_BASE_NAME):
         unique, n = f"{label}-{n}", n + 1
     return unique
+
+
+class _PaneStreamer:
+    """Receives each generated token of the batch and hands every row's new text to `on_text(row, text)`.
+
+    Decodes each row's tokens so far and sends what is new, holding back an
+    incomplete multi-byte character; a row stops streaming at its end token.
+    """
+
+    def __init__(self, tokenizer, rows: int, end_ids: set[int], on_text: Callable[[int, str], None] | None):
+        self.tokenizer = tokenizer
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.sent = [""] * rows
+        self.ended = [False] * rows
+        self.end_ids = end_ids
+        self.on_text = on_text
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt ids
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        for row, token in enumerate(value.reshape(len(self.tokens), -1)[:, -1].tolist()):
+            if self.ended[row]:
+                continue
+            if token in self.end_ids:
+                self.ended[row] = True
+                continue
+            self.tokens[row].append(token)
+            if self.on_text is not None:
+                text = self.text(row)
+                if text.endswith("\ufffd"):
+                    continue
+                if len(text) > len(self.sent[row]):
+                    self.on_text(row, text[len(self.sent[row]):])
+                    self.sent[row] = text
+
+    def end(self) -> None:
+        if self.on_text is None:
+            return
+        for row in range(len(self.tokens)):
+            text = self.text(row)
+            if len(text) > len(self.sent[row]):
+                self.on_text(row, text[len(self.sent[row]):])
+                self.sent[row] = text
+
+    def text(self, row: int) -> str:
+        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
+
+
+def _common_random_sampler(seed: int, rows: int):
+    """A logits processor that samples each row with its own generator, all seeded alike, and leaves only the
+    drawn token (generation then runs greedy over it)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class CommonRandomSampler(LogitsProcessor):
+        def __init__(self):
+            self.generators: list = []
+
+        def __call__(self, input_ids, scores):
+            if not self.generators:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(seed) for _ in range(rows)]
+            probabilities = torch.softmax(scores.float(), dim=-1)
+            chosen = torch.full_like(scores, float("-inf"))
+            for row in range(scores.shape[0]):
+                token = torch.multinomial(probabilities[row], 1, generator=self.generators[row])
+                chosen[row, token] = 0.0
+            return chosen
+
+    return CommonRandomSampler()
+
+
+def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, *,
+                 adapter_names: list[str] | None = None, on_text: Callable[[int, str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+    """Answer several conversations in one batched `generate` call (left padding), streaming each row's text.
+
+    `adapter_names` routes each row through a named PEFT adapter (`__base__` for none); `should_stop` is
+    polled after every token and ends generation for all rows (their answers so far are kept).
+    """
+    import torch
+    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper, \
+        TopPLogitsWarper
+
+    problem = settings.problem()
+    if problem:
+        raise ModelError(f"generation settings: {problem}")
+    texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+             for messages in conversations]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    device = next(model.parameters()).device
+    encoded = {k: v.to(device) for k, v in encoded.items()}
+    end_ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    end_ids.update(configured if isinstance(configured, list) else [configured])
+    end_ids.discard(None)
+    rows = len(conversations)
+    streamer = _PaneStreamer(tokenizer, rows, end_ids, on_text)
+    cancelled = [False]
+
+    class StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            if should_stop is not None and should_stop():
+                cancelled[0] = True
+            return torch.full((input_ids.shape[0],), cancelled[0], dtype=torch.bool, device=input_ids.device)
+
+    processors = LogitsProcessorList()
+    if settings.temperature > 0:
+        processors.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_p < 1:
+            processors.append(TopPLogitsWarper(settings.top_p))
+        processors.append(_common_random_sampler(settings.seed, rows))
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+                  temperature=None, top_p=None, top_k=None, logits_processor=processors, streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
+    if adapter_names is not None:
+        kwargs["adapter_names"] = adapter_names
+    torch.manual_seed(settings.seed)
+    started = time.monotonic()
+    with torch.inference_mode():
+        model.generate(**encoded, **kwargs)
+    seconds = time.monotonic() - started
+    answers = []
+    for row in range(rows):
+        new_tokens = len(streamer.tokens[row])
+        stopped_by = ("eos" if streamer.ended[row] else "cancelled" if cancelled[0] else "length")
+        answers.append(PaneAnswer(adapter_names[row] if adapter_names else "", streamer.text(row).strip(),
+                                  new_tokens, stopped_by))
+    total = sum(a.new_tokens for a in answers)
+    first = streamer.first_token_at - started if streamer.first_token_at else None
+    return GenerationResult(answers, seconds, first, total / seconds if seconds > 0 else 0.0)
 
 
 class ChatModels:
@@ -73,6 +267,7 @@ class ChatModels:
 
         kwargs = {"progress": progress} if progress else {}
         self.base_name = base_name
+        self.load_in_4bit = load_in_4bit
         self.tokenizer = load_tokenizer(base_name, **kwargs)
         self.model = load_model(base_name, load_in_4bit=load_in_4bit, dtype=dtype, device=device, **kwargs)
         self.model.eval()
@@ -102,65 +297,107 @@ class ChatModels:
         self.labels.append(label)
         return label
 
-    def _prepare(self, label: str, messages: list[dict], settings: GenerationSettings):
-        import torch
-
-        if label not in self.labels:
-            raise ModelError(f"unknown model label '{label}' — choose one of {', '.join(self.labels)}")
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)
-        device = next(self.model.parameters()).device
-        encoded = {k: v.to(device) for k, v in encoded.items()}
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-        if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        torch.manual_seed(settings.seed)
-        return encoded, kwargs
-
-    def _adapter_context(self, label: str):
-        import contextlib
-
-        if not self.adapter_paths:
-            return contextlib.nullcontext()
-        if label == BASE_LABEL:
-            return self.model.disable_adapter()
-        self.model.set_adapter(label)
-        return contextlib.nullcontext()
+    def answer(self, panes: list[Pane], settings: GenerationSettings | None = None, *,
+               on_text: Callable[[int, str], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+        """Answer every pane in one batched call; `on_text(pane_index, text)` streams new text as it comes."""
+        for pane in panes:
+            if pane.label not in self.labels:
+                raise ModelError(f"unknown model label '{pane.label}' — choose one of {', '.join(self.labels)}")
+        names = None
+        if self.adapter_paths:
+            names = [PEFT_BASE_NAME if pane.label == BASE_LABEL else pane.label for pane in panes]
+        result = answer_batch(self.model, self.tokenizer, [pane.messages for pane in panes],
+                              settings or GenerationSettings(), adapter_names=names, on_text=on_text,
+                              should_stop=should_stop)
+        for pane, answer in zip(panes, result.answers):
+            answer.label = pane.label
+        return result
 
     def generate(self, label: str, messages: list[dict], settings: GenerationSettings | None = None) -> str:
         """The full answer of model `label` to a conversation."""
+        return self.answer([Pane(label, messages)], settings).answers[0].text
+
+    def memory(self) -> dict:
+        """Bytes held by the base weights (counted once, by storage) and by each adapter, plus process RSS."""
         import torch
 
-        settings = settings or GenerationSettings()
-        encoded, kwargs = self._prepare(label, messages, settings)
-        with torch.inference_mode(), self._adapter_context(label):
-            output = self.model.generate(**encoded, **kwargs)
-        new_tokens = output[0][encoded["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        seen: set[int] = set()
+        base_bytes = 0
+        adapter_bytes = {label: 0 for label in self.adapter_paths}
+        tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        for name, tensor in tensors:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() in seen:
+                continue
+            seen.add(storage.data_ptr())
+            owner = next((label for label in self.adapter_paths if f".{label}." in name or name.endswith(f".{label}")),
+                         None) if "lora_" in name else None
+            if owner:
+                adapter_bytes[owner] += storage.nbytes()
+            else:
+                base_bytes += storage.nbytes()
+        report = {"base_bytes": base_bytes, "adapter_bytes": adapter_bytes,
+                  "process_rss": _process_rss()}
+        if torch.cuda.is_available():
+            report["cuda_allocated"] = torch.cuda.memory_allocated()
+        return report
 
-    def stream(self, label: str, messages: list[dict], settings: GenerationSettings | None = None) -> Iterator[str]:
-        """Yield the answer of model `label` piece by piece as tokens are generated."""
-        import torch
-        from transformers import TextIteratorStreamer
 
-        settings = settings or GenerationSettings()
-        encoded, kwargs = self._prepare(label, messages, settings)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        failure: list[BaseException] = []
+def _process_rss() -> int | None:
+    try:
+        import psutil
 
-        def run():
-            try:
-                with torch.inference_mode(), self._adapter_context(label):
-                    self.model.generate(**encoded, **kwargs, streamer=streamer)
-            except BaseException as exc:  # surfaced to the consumer below
-                failure.append(exc)
-                streamer.end()
+        return psutil.Process().memory_info().rss
+    except Exception:  # psutil missing or /proc unreadable: memory is then shown without RSS
+        return None
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        yield from streamer
-        worker.join()
-        if failure:
-            raise failure[0]
+
+def base_for(adapters: list[str | Path], base: str | None = None, config_base: str | None = None) -> tuple[str, bool]:
+    """The base model (and whether to load it in 4-bit) for a chat: `base` when given, else the first adapter's run
+    config, else `config_base`, else the bundled default."""
+    import tomllib
+
+    from engine.config import DEFAULT_MODEL
+
+    if base:
+        return base, False
+    for adapter in adapters:
+        run = run_dir_of(resolve_adapter(adapter))
+        if run is not None:
+            model = tomllib.loads((run / "config.toml").read_text(encoding="utf-8")).get("model", {})
+            if model.get("name"):
+                return model["name"], bool(model.get("load_in_4bit"))
+    return config_base or DEFAULT_MODEL, False
+
+
+def ratings_folder(adapters: list[str | Path]) -> Path | None:
+    """Where blind ratings of these adapters are saved: `chat/` inside the first adapter's run directory."""
+    for adapter in adapters:
+        run = run_dir_of(resolve_adapter(adapter))
+        if run is not None:
+            return run / "chat"
+    return None
+
+
+def word_diff(old: str, new: str) -> list[tuple[str, str]]:
+    """Two answers compared word by word: (kind, text) pieces, kind in same / removed / added.
+
+    Whitespace stays attached to the word before it, so joining the `same` and `added` pieces gives `new`.
+    """
+    import difflib
+    import re
+
+    old_words, new_words = re.findall(r"\S+\s*", old), re.findall(r"\S+\s*", new)
+    pieces: list[tuple[str, str]] = []
+    matcher = difflib.SequenceMatcher(a=[w.strip() for w in old_words], b=[w.strip() for w in new_words],
+                                      autojunk=False)
+    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
+        if tag == "equal":
+            pieces.append(("same", "".join(new_words[b0:b1])))
+            continue
+        if a1 > a0:
+            pieces.append(("removed", "".join(old_words[a0:a1])))
+        if b1 > b0:
+            pieces.append(("added", "".join(new_words[b0:b1])))
+    return pieces

@@ -121,6 +121,9 @@ def planned_steps(config: RunConfig, train_rows: int, world_size: int = 1) -> in
                             / config.train.grad_accum * config.train.epochs))
 
 
+PROBE_AT_SAVES = ("first", "periodic", "requested", "final")  # not when stopping for a signal or the deadline
+
+
 class StopFlag:
     """Why the run should stop at the next step boundary (signal, stop command, deadline)."""
 
@@ -163,6 +166,8 @@ class TrainingRun:
         self.resumed_from: dict[str, Any] | None = None
         self.eval_overhead = 0.0
         self.eval_batches = 0
+        self.tokenizer = None
+        self.probed_step = -1
 
     def samples_consumed(self, global_step: int) -> int:
         """Training rows used so far, counting partial last batches of finished epochs exactly."""
@@ -228,6 +233,9 @@ class TrainingRun:
         handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files)
         if final:
             write_linked_folder(self.paths.adapter, target)
+        if reason in PROBE_AT_SAVES:
+            # Inside the timed save on purpose: the session clock then budgets for probes at periodic saves.
+            self.run_probes(step)
         elapsed = time.monotonic() - started
         self.save_seconds.append(elapsed)
         self.last_saved_step = step
@@ -235,6 +243,32 @@ class TrainingRun:
                          seconds=round(elapsed, 3), final=final)
         self.events.sync()
         return target
+
+    def run_probes(self, step: int) -> None:
+        """Answer `[probe] prompts` with the adapter as it is now and write one `sample` event (greedy, batched).
+
+        A failure here is a warning, never the end of the run.
+        """
+        prompts = self.config.probe.prompts
+        if not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
+            return
+        from engine.chat import GenerationSettings, answer_batch
+
+        self.probed_step = step
+        started = time.monotonic()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            result = answer_batch(self.model, self.tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                                  GenerationSettings(max_new_tokens=self.config.probe.max_new_tokens))
+        except Exception as exc:  # a probe must never cost the run
+            self.events.emit("warning", step=step, message=f"probe generation failed: {exc}")
+            return
+        finally:
+            self.model.train(was_training)
+        self.events.emit("sample", step=step, seconds=round(time.monotonic() - started, 3),
+                         samples=[{"prompt": prompt, "answer": answer.text}
+                                  for prompt, answer in zip(prompts, result.answers)])
 
     def has_time_for(self, eval_batches: int) -> bool:
         """Hook: whether a final eval of `eval_batches` batches fits before the deadline (always, without one)."""
@@ -283,6 +317,7 @@ def _trainer_callback_class():
             self.on_step = on_step
 
         def on_train_begin(self, args, state, control, **kwargs):
+            self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
             self.last_log_time = time.monotonic()
             self.last_log_tokens = state.num_input_tokens_seen or 0
             self.last_step_end = time.monotonic()
@@ -534,6 +569,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     loaded_at = time.monotonic()
     model, tokenizer = build_peft_model(config, device, backend, say)
     run.model = model
+    run.tokenizer = tokenizer
     run.fingerprint = base_fingerprint(model, config.model.name)
     if bundle_state is not None:
         check_fingerprint(bundle_state, run.fingerprint)

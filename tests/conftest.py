@@ -68,3 +68,33 @@ def smollm_tokenizer(default_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def chatty_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model fully fine-tuned for a few seconds on the demo answers, so greedy decoding emits visible
+    text ("ANSWER: …") instead of the random model's newlines; chat tests need words to stream and compare."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in (SAMPLE_DATA / "demo_train.jsonl").read_text().splitlines()]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"]},
+                                            {"role": "assistant", "content": r["output"]}], tokenize=False)
+             for r in rows]
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(60):
+        batch = tokenizer([texts[(step * 8 + i) % len(texts)] for i in range(8)], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("chatty-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

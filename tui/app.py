@@ -19,11 +19,12 @@ class LoradeckApp(App):
     BINDINGS = [("q", "quit", "Quit")]
 
     def __init__(self, runs_dir: Path = Path("runs"), config_path: str | None = None,
-                 attach_to: str | Path | None = None):
+                 attach_to: str | Path | None = None, chat: tuple[str | None, list[str], bool] | None = None):
         super().__init__()
         self.runs_dir = Path(runs_dir)
         self.config_path = config_path
         self.attach_to = attach_to
+        self.chat_request = chat
         for theme in THEMES:
             self.register_theme(theme)
         self.theme = DEFAULT_THEME
@@ -32,9 +33,34 @@ class LoradeckApp(App):
         self.push_screen(HomeScreen(self.runs_dir, self.config_path))
         if self.attach_to is not None:
             self.open_run(self.attach_to)
+        if self.chat_request is not None:
+            base, adapters, load_in_4bit = self.chat_request
+            self.open_chat(adapters, base=base, load_in_4bit=load_in_4bit)
 
     def open_run(self, run_dir: str | Path) -> None:
         """Show the monitor for a run directory (Escape returns to Home)."""
         from tui.screens.monitor import MonitorScreen
 
         self.push_screen(MonitorScreen(run_dir))
+
+    def open_chat(self, adapters: list[str], *, base: str | None = None, load_in_4bit: bool = False) -> None:
+        """Show the chat screen for `adapters` (run dirs, adapter folders, bundles) against their base model."""
+        from engine.chat import base_for, ratings_folder, run_dir_of
+        from engine.config import load_config
+        from engine.errors import LoradeckError
+        from tui.screens.chat import ChatScreen
+
+        try:
+            config_base = load_config(self.config_path).model.name
+        except LoradeckError:
+            config_base = None
+        try:
+            base, run_4bit = base_for(adapters, base, config_base)
+            ratings = ratings_folder(adapters)
+            runs = [run for run in (run_dir_of(a) for a in adapters) if run is not None]
+        except LoradeckError as exc:
+            self.notify(str(exc), title="chat", severity="error", timeout=10)
+            return
+        self.push_screen(ChatScreen(base, adapters, load_in_4bit=load_in_4bit or run_4bit,
+                                    ratings_dir=ratings or self.runs_dir / "chat",
+                                    prompts_source=runs[0] if runs else None))

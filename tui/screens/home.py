@@ -27,6 +27,7 @@ class HomeScreen(Screen):
         Binding("space", "mark_run", "Mark"),
         Binding("c", "compare_runs", "Compare marked"),
         Binding("d", "dataset", "Dataset"),
+        Binding("t", "chat", "Chat"),
         Binding("r", "refresh_runs", "Refresh"),
     ]
     REFRESH_SECONDS = 2.0
@@ -163,6 +164,21 @@ class HomeScreen(Screen):
             path = ""
         self.app.push_screen(DatasetScreen(short_path(path) if path else "", config.model.name,
                                            config.data.max_length))
+
+    def action_chat(self) -> None:
+        """Chat with the selected run's adapter beside its base model (the base alone when it has none yet)."""
+        from engine.chat import resolve_adapter
+        from engine.errors import LoradeckError
+
+        run = self._cursor_run()
+        adapters = []
+        if run:
+            try:
+                resolve_adapter(run)
+                adapters = [run]
+            except LoradeckError:
+                self.notify(f"{Path(run).name} has no adapter yet: chatting with the base model", title="chat")
+        self.app.open_chat(adapters)
 
     def action_new_run(self) -> None:
         from tui.screens.new_run import NewRunScreen

@@ -1,0 +1,92 @@
+"""Side-by-side generation: one batched call, streaming, one base copy, common random numbers, cancel."""
+
+import pytest
+
+from engine.chat import BASE_LABEL, ChatModels, GenerationSettings, Pane
+from engine.errors import ModelError
+from tests.integration.test_chat_cli import make_random_adapter
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def two_adapters(chatty_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    return [make_random_adapter(chatty_model_dir, folder / "first", seed=1),
+            make_random_adapter(chatty_model_dir, folder / "second", seed=2)]
+
+
+@pytest.fixture(scope="module")
+def models(chatty_model_dir, two_adapters):
+    return ChatModels(str(chatty_model_dir), two_adapters)
+
+
+def test_panes_stream_their_own_answers_in_one_call(models):
+    streamed = {0: [], 1: [], 2: []}
+    result = models.answer([Pane(label, QUESTION) for label in models.labels], GenerationSettings(max_new_tokens=12),
+                           on_text=lambda pane, text: streamed[pane].append(text))
+    texts = [answer.text for answer in result.answers]
+    assert [answer.label for answer in result.answers] == ["base", "first", "second"]
+    assert len(set(texts)) == 3, "each adapter must change the answer"
+    for pane, answer in enumerate(result.answers):
+        assert len(streamed[pane]) > 1, "text arrives piece by piece"
+        assert "".join(streamed[pane]).strip() == answer.text
+        # batching changes nothing: each pane alone gives the same greedy answer
+        assert models.generate(answer.label, QUESTION, GenerationSettings(max_new_tokens=12)) == answer.text
+    assert result.first_token_seconds is not None and result.first_token_seconds <= result.seconds
+
+
+def test_multi_turn_panes_of_different_lengths_batch_with_left_padding(models):
+    longer = QUESTION + [{"role": "assistant", "content": "Paris."},
+                         {"role": "user", "content": "And the capital of Spain, please?"}]
+    settings = GenerationSettings(max_new_tokens=8)
+    result = models.answer([Pane(BASE_LABEL, QUESTION), Pane("first", longer)], settings)
+    assert result.answers[0].text == models.generate(BASE_LABEL, QUESTION, settings)
+    assert result.answers[1].text == models.generate("first", longer, settings)
+
+
+def test_one_copy_of_the_base_weights_however_many_adapters(chatty_model_dir, two_adapters):
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(chatty_model_dir)
+    plain_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
+    plain_bytes += sum(b.numel() * b.element_size() for b in plain.buffers())
+    models = ChatModels(str(chatty_model_dir), two_adapters[:1])
+    weight = models.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    pointer = weight.data_ptr()
+    models.add_adapter(two_adapters[1])
+    models.answer([Pane(label, QUESTION) for label in models.labels], GenerationSettings(max_new_tokens=2))
+    assert weight.data_ptr() == pointer, "switching adapters must not copy base weights"
+    memory = models.memory()
+    assert memory["base_bytes"] == plain_bytes
+    assert set(memory["adapter_bytes"]) == {"first", "second"}
+    assert all(0 < size < plain_bytes / 10 for size in memory["adapter_bytes"].values())
+    storages = {p.untyped_storage().data_ptr() for p in models.model.parameters()}
+    assert len(storages) == len(list(models.model.parameters())), "no parameter is stored twice"
+
+
+def test_same_seed_gives_panes_the_same_random_draws(models):
+    sampled = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    twins = models.answer([Pane(BASE_LABEL, QUESTION), Pane(BASE_LABEL, QUESTION)], sampled)
+    assert twins.answers[0].text == twins.answers[1].text
+    alone = models.answer([Pane(BASE_LABEL, QUESTION)], sampled)
+    assert alone.answers[0].text == twins.answers[0].text
+    other_seed = models.answer([Pane(BASE_LABEL, QUESTION)], GenerationSettings(12, 1.0, 0.9, seed=8))
+    greedy = models.generate(BASE_LABEL, QUESTION, GenerationSettings(max_new_tokens=12))
+    assert len({alone.answers[0].text, other_seed.answers[0].text, greedy}) > 1
+
+
+def test_cancel_stops_every_pane_within_a_token(models):
+    polls = []
+    result = models.answer([Pane(label, QUESTION) for label in models.labels], GenerationSettings(max_new_tokens=64),
+                           should_stop=lambda: polls.append(1) or len(polls) >= 3)
+    for answer in result.answers:
+        assert answer.stopped_by in ("cancelled", "eos")
+        assert answer.new_tokens <= 3
+
+
+def test_bad_settings_and_unknown_labels_are_clear_errors(models):
+    with pytest.raises(ModelError, match="top-p"):
+        models.answer([Pane(BASE_LABEL, QUESTION)], GenerationSettings(top_p=0))
+    with pytest.raises(ModelError, match="unknown model label 'nope'"):
+        models.answer([Pane("nope", QUESTION)])

@@ -1,0 +1,178 @@
+"""The chat screen through Textual's pilot, with a real worker process and a tiny model."""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+import tomli_w
+from textual.widgets import Input, Static
+
+from tests.conftest import SAMPLE_DATA
+from tests.integration.test_chat_cli import make_random_adapter
+from tui.app import LoradeckApp
+from tui.screens.chat import ChatScreen, DiffScreen, SettingsScreen
+
+
+@pytest.fixture
+def chat_run(chatty_model_dir, tmp_path):
+    """A finished run directory whose adapter is a real (random) LoRA over the chatty tiny model."""
+    run_dir = tmp_path / "runs" / "demo-run"
+    run_dir.mkdir(parents=True)
+    config = {"model": {"name": str(chatty_model_dir)},
+              "data": {"path": str(SAMPLE_DATA / "demo_train.jsonl"), "eval_path": str(SAMPLE_DATA / "demo_heldout.jsonl")},
+              "train": {"seed": 42}}
+    (run_dir / "config.toml").write_text(tomli_w.dumps(config))
+    (run_dir / "events.jsonl").write_text(json.dumps({"v": 1, "ts": time.time(), "type": "finished",
+                                                      "reason": "completed", "step": 10}) + "\n")
+    make_random_adapter(chatty_model_dir, run_dir / "adapter", seed=3)
+    return run_dir
+
+
+async def wait_until(pilot, condition, timeout=90.0):
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError("timed out waiting for the chat screen")
+        await pilot.pause(0.05)
+
+
+async def type_text(pilot, text):
+    for char in text:
+        await pilot.press("space" if char == " " else char)
+
+
+def record_events(screen):
+    seen = []
+    original = screen._on_worker_event
+
+    def spy(event):
+        seen.append(event)
+        original(event)
+    screen._on_worker_event = spy
+    return seen
+
+
+async def open_chat(pilot, app) -> ChatScreen:
+    await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen))
+    screen = app.screen
+    await wait_until(pilot, lambda: screen.worker_state == "ready")
+    return screen
+
+
+def test_panes_stream_side_by_side_and_keep_their_own_conversations(chat_run, tmp_path):
+    async def scenario():
+        app = LoradeckApp(tmp_path / "runs", chat=(None, [str(chat_run)], False))
+        async with app.run_test(size=(120, 36)) as pilot:
+            screen = await open_chat(pilot, app)
+            events = record_events(screen)
+            assert screen.labels == ["base", "demo-run"]
+            assert "one copy" in str(app.screen.query_one("#chat-status", Static).render())
+            await type_text(pilot, "What is the capital of Peru?")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: not screen.generating)
+            for pane in (0, 1):
+                pieces = [e for e in events if e.get("event") == "text" and e["pane"] == pane]
+                assert len(pieces) > 1, "answers arrive token by token"
+                assert "".join(p["text"] for p in pieces).strip() == screen.panes[pane].messages[-1]["content"]
+            base, adapted = screen.panes
+            assert base.messages[-1]["content"] != adapted.messages[-1]["content"]
+            await type_text(pilot, "And of Chile?")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: not screen.generating)
+            for pane in screen.panes:
+                assert [m["role"] for m in pane.messages] == ["user", "assistant", "user", "assistant"]
+            assert base.messages[1] != adapted.messages[1]  # each pane continues its own conversation
+
+            await pilot.press("ctrl+y")
+            assert app.clipboard == adapted.messages[-1]["content"]
+            await pilot.press("ctrl+d")
+            await wait_until(pilot, lambda: isinstance(app.screen, DiffScreen))
+            await pilot.press("escape")
+            await pilot.press("ctrl+s")
+            saved = list((chat_run / "chat").glob("conversation-*.json"))
+            assert len(saved) == 1
+            assert json.loads(saved[0].read_text())["panes"][1]["messages"] == adapted.messages
+
+            await pilot.press("f2")
+            await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#setting-top_p", Input).value = "0"
+            await pilot.press("enter")
+            assert "top-p" in str(app.screen.query_one("#settings-error").render())
+            app.screen.query_one("#setting-top_p", Input).value = "0.9"
+            app.screen.query_one("#setting-temperature", Input).value = "0.8"
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert (screen.settings.temperature, screen.settings.top_p) == (0.8, 0.9)
+    asyncio.run(scenario())
+
+
+def test_blind_rating_hides_labels_reveals_after_rating_and_saves_preferences(chat_run, tmp_path):
+    async def scenario():
+        app = LoradeckApp(tmp_path / "runs", chat=(None, [str(chat_run)], False))
+        async with app.run_test(size=(120, 36)) as pilot:
+            screen = await open_chat(pilot, app)
+            screen.rng = random.Random(1)  # some rounds swap sides, some do not
+            await pilot.press("ctrl+b")
+            assert screen.blind
+            await pilot.press("f3")
+            await pilot.pause(0.1)
+            await pilot.press("enter")  # the run directory is offered: its held-out rows
+            verdicts = ["left", "right", "tie", "both_bad", "left", "right"]
+            keys = {"left": "a", "right": "right", "tie": "t", "both_bad": "x"}
+            rounds = []
+            for verdict in verdicts:
+                await wait_until(pilot, lambda: screen.round is not None and screen.round.answers is not None
+                                 and screen.round.verdict is None)
+                titles = [widget.border_title for widget in screen.pane_widgets]
+                assert titles == ["A · left", "B · right"], "labels stay hidden until rated"
+                tally_text = str(screen.query_one("#chat-tally", Static).render())
+                assert "rate:" in tally_text
+                round_ = screen.round
+                await pilot.press(keys[verdict])
+                assert round_.verdict == verdict
+                rounds.append(round_)
+                assert f"A was {round_.left}, B was {round_.right}" in screen.last_reveal
+            assert {r.left for r in rounds} == {"base", "demo-run"}, "sides are shuffled"
+            assert screen.prompt_index == len(verdicts) + 1  # each rating moved on to the next prompt
+
+            ratings = [json.loads(line) for line in (chat_run / "chat" / "ratings.jsonl").read_text().splitlines()]
+            assert [r["verdict"] for r in ratings] == verdicts
+            for row, round_ in zip(ratings, rounds):
+                assert (row["left_label"], row["right_label"]) == (round_.left, round_.right)
+                assert (row["left"], row["right"]) == round_.answers
+            preferences = [json.loads(l) for l in (chat_run / "chat" / "preferences.jsonl").read_text().splitlines()]
+            decisive = [(r, row) for r, row in zip(rounds, ratings) if row["verdict"] in ("left", "right")]
+            assert len(preferences) == len(decisive) == 4
+            for preference, (round_, row) in zip(preferences, decisive):
+                winner = 0 if row["verdict"] == "left" else 1
+                assert preference["chosen"][0]["content"] == round_.answers[winner]
+                assert preference["rejected"][0]["content"] == round_.answers[1 - winner]
+                assert preference["prompt"][-1]["role"] == "user"
+            wins = sum(1 for r in rounds if r.verdict in ("left", "right")
+                       and (r.left if r.verdict == "left" else r.right) == "demo-run")
+            tally_text = str(screen.query_one("#chat-tally", Static).render())
+            assert f"demo-run wins {wins} · base wins {4 - wins} · ties 1 · both bad 1" in tally_text
+    asyncio.run(scenario())
+
+
+def test_a_killed_worker_is_reported_and_restarted_and_the_screen_keeps_working(chat_run, tmp_path):
+    async def scenario():
+        app = LoradeckApp(tmp_path / "runs", chat=(None, [str(chat_run)], False))
+        async with app.run_test(size=(120, 36)) as pilot:
+            screen = await open_chat(pilot, app)
+            first_pid = screen.client.process.pid
+            os.kill(first_pid, signal.SIGKILL)
+            await wait_until(pilot, lambda: screen.restarts)
+            assert any("chat worker stopped" in n.message for n in app._notifications)
+            await wait_until(pilot, lambda: screen.worker_state == "ready")
+            assert screen.client.process.pid != first_pid
+            await type_text(pilot, "hello")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: not screen.generating)
+            assert all(pane.messages[-1]["role"] == "assistant" for pane in screen.panes)
+        assert screen.client.process.poll() is not None, "leaving the app stops the worker"
+    asyncio.run(scenario())
