@@ -87,6 +87,8 @@ class RunHistory:
         self.loss_tail_before_resume: Series = Series()
         self.alerts: list[Alert] = []
         self._alerts_at = -1
+        self.first_samples: dict[str, Any] | None = None  # probe answers before (or at the start of) training
+        self.latest_samples: dict[str, Any] | None = None
 
     def poll(self, limit_bytes: int | None = 4 << 20) -> int:
         """Fold newly appended events in; returns how many. Also refreshes liveness."""
@@ -119,6 +121,9 @@ class RunHistory:
             self.telemetry.append(event)
         elif kind == "deadline":
             self.deadline = event
+        elif kind == "sample":
+            self.first_samples = self.first_samples or event
+            self.latest_samples = event
         elif kind == "resumed":
             for tail_step, tail_loss in event.get("loss_tail") or []:
                 self.loss_tail_before_resume.add(tail_step, tail_loss)

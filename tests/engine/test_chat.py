@@ -90,3 +90,60 @@ def test_bad_settings_and_unknown_labels_are_clear_errors(models):
         models.answer([Pane(BASE_LABEL, QUESTION)], GenerationSettings(top_p=0))
     with pytest.raises(ModelError, match="unknown model label 'nope'"):
         models.answer([Pane("nope", QUESTION)])
+
+
+def test_word_diff_marks_what_changed():
+    from engine.chat import word_diff
+
+    pieces = word_diff("The capital is Paris.", "ANSWER: Paris.\nThe capital is Paris.")
+    assert ("added", "ANSWER: Paris.\n") in pieces
+    assert "".join(text for kind, text in pieces if kind != "removed") == "ANSWER: Paris.\nThe capital is Paris."
+    assert [k for k, _ in word_diff("a b c", "a x c")] == ["same", "removed", "added", "same"]
+
+
+def test_worker_process_streams_reports_errors_and_keeps_serving(chatty_model_dir, two_adapters):
+    import queue
+
+    from engine.chat_client import ChatWorkerClient
+
+    events: queue.Queue = queue.Queue()
+    client = ChatWorkerClient(events.put)
+
+    def next_event(kind, timeout=120):
+        while True:
+            event = events.get(timeout=timeout)
+            if event["event"] in (kind, "error", "exited"):
+                return event
+
+    try:
+        client.start(str(chatty_model_dir), [str(two_adapters[0])])
+        ready = next_event("ready")
+        assert ready["labels"] == ["base", "first"] and ready["memory"]["base_bytes"] > 0
+        client.generate(1, [{"label": "base", "messages": QUESTION}], {"top_p": 0})
+        error = next_event("done")
+        assert error["event"] == "error" and "top-p" in error["message"] and not error["fatal"]
+        client.generate(2, [{"label": "base", "messages": QUESTION}, {"label": "first", "messages": QUESTION}],
+                        {"max_new_tokens": 12})
+        texts = {0: "", 1: ""}
+        while True:
+            event = events.get(timeout=120)
+            if event["event"] == "text":
+                texts[event["pane"]] += event["text"]
+            elif event["event"] == "done":
+                break
+        assert event["id"] == 2 and [a["label"] for a in event["answers"]] == ["base", "first"]
+        assert [texts[0].strip(), texts[1].strip()] == [a["text"] for a in event["answers"]]
+        client.add_adapter(str(two_adapters[1]))
+        assert next_event("adapter")["label"] == "second"
+        client.add_adapter("/nowhere/adapter")
+        missing = next_event("adapter")
+        assert missing["event"] == "error" and "no such folder" in missing["message"]
+        client.process.kill()
+        exited = next_event("exited")
+        assert exited["event"] == "exited" and exited["returncode"] == -9
+        client.restart()
+        again = next_event("ready")
+        assert again["labels"] == ["base", "first", "second"], "a restarted worker reloads every adapter"
+    finally:
+        client.stop()
+    assert client.process.poll() is not None

@@ -144,3 +144,25 @@ def test_trains_on_every_real_world_file(name, tiny_model_dir, tmp_path):
     assert [e["type"] for e in events].count("step") == 2
     if name == "dpo_en_demo.json":
         assert any(e["type"] == "warning" and "chosen" in e["message"] for e in events)
+
+
+def test_probes_answer_with_the_adapter_of_each_checkpoint(chatty_model_dir, tmp_path):
+    from engine.chat import ChatModels, GenerationSettings
+
+    run_dir = tmp_path / "run"
+    prompts = ["What is the capital of Peru?", "What is the opposite of 'early'?"]
+    config = tiny_config(chatty_model_dir, "train.max_steps=4", "train.save_every=2", "train.learning_rate=5e-2",
+                         f"probe.prompts={json.dumps(prompts)}", "probe.max_new_tokens=10")
+    assert run_training(run_dir, config) == 0
+    samples = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "sample"]
+    assert [e["step"] for e in samples] == [0, 2, 4]
+    for event in samples:
+        assert [s["prompt"] for s in event["samples"]] == prompts
+    assert samples[0]["samples"] != samples[-1]["samples"], "training changed what the model says"
+    models = ChatModels(str(chatty_model_dir), [run_dir / "checkpoints" / "step-000002"])
+    for sample in samples[1]["samples"]:
+        answer = models.generate(models.labels[1], [{"role": "user", "content": sample["prompt"]}],
+                                 GenerationSettings(max_new_tokens=10))
+        assert answer == sample["answer"], "the probe used the adapter as saved at that checkpoint"
+    assert models.generate("base", [{"role": "user", "content": prompts[0]}],
+                           GenerationSettings(max_new_tokens=10)) == samples[0]["samples"][0]["answer"]

@@ -139,3 +139,37 @@ async def test_controls_on_a_finished_run_explain_instead_of_crashing(tmp_path):
         await pilot.press("s")
         await pilot.pause(0.1)
         assert any("no trainer is running" in n.message for n in app._notifications)
+
+
+def test_probe_answers_show_beside_the_curve_with_the_starting_answer(tmp_path):
+    import asyncio
+
+    run_dir = live_run(tmp_path)
+    append(run_dir, {"type": "sample", "step": 0, "samples": [{"prompt": "Capital of Peru?", "answer": "Peru is big."}]})
+
+    async def scenario():
+        app = LoradeckApp(tmp_path / "runs", attach_to=run_dir)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            panel = app.screen.query_one("#probe-panel", Static)
+            assert panel.display and "Peru is big." in text_of(app, "#probe-panel")
+            append(run_dir, {"type": "sample", "step": 20,
+                             "samples": [{"prompt": "Capital of Peru?", "answer": "ANSWER: Lima"}]})
+            await pilot.pause(1.0)
+            text = text_of(app, "#probe-panel")
+            assert "ANSWER: Lima" in text and "step 0: Peru is big." in text
+            assert panel.border_title == "probes · step 20"
+    asyncio.run(scenario())
+
+
+def test_probe_panel_is_hidden_for_runs_without_probes(tmp_path):
+    import asyncio
+
+    run_dir = live_run(tmp_path)
+
+    async def scenario():
+        app = LoradeckApp(tmp_path / "runs", attach_to=run_dir)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            assert not app.screen.query_one("#probe-panel", Static).display
+    asyncio.run(scenario())

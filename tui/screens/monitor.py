@@ -187,6 +187,25 @@ def log_line(event: dict, colours: dict[str, str]) -> Text:
                          (f"{label} ", f"bold {colours.get(colour, '')}"), text)
 
 
+def probe_text(history: RunHistory, width: int = 70) -> str:
+    """The latest probe answers, each under its prompt, with the first answer (before training) when it differs."""
+    from rich.markup import escape
+
+    def one_line(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    first = {s["prompt"]: s["answer"] for s in (history.first_samples or {}).get("samples", [])}
+    lines = []
+    for sample in (history.latest_samples or {}).get("samples", []):
+        lines.append(f"[b]› {escape(one_line(sample['prompt']))}[/b]")
+        lines.append(f"  {escape(one_line(sample['answer']))}")
+        before = first.get(sample["prompt"])
+        if before is not None and before != sample["answer"] and history.first_samples is not history.latest_samples:
+            lines.append(f"  [$text-muted]step {history.first_samples.get('step')}: {escape(one_line(before))}[/]")
+    return "\n".join(lines)
+
+
 class MonitorScreen(Screen):
     """Live (or replayed) view of one run directory."""
 
@@ -223,6 +242,9 @@ class MonitorScreen(Screen):
                 plot = PlotextPlot(id="loss-plot", classes="panel")
                 plot.border_title = "loss"
                 yield plot
+                probes = Static("", id="probe-panel", classes="panel")
+                probes.border_title = "probes"
+                yield probes
                 yield Static("", id="metrics-line")
             with Vertical(id="monitor-side"):
                 session = Static("", id="session-panel", classes="panel")
@@ -267,6 +289,7 @@ class MonitorScreen(Screen):
             if list(sparkline.data or []) != memory:
                 sparkline.data = memory
             self._update_alerts()
+            self._update_probes()
             unwritten = min(self.history.log_count - self.logged, len(self.history.log))
             log = self.query_one("#event-log", RichLog)
             for event in list(self.history.log)[len(self.history.log) - unwritten:]:
@@ -291,6 +314,13 @@ class MonitorScreen(Screen):
         panel = self.query_one("#session-panel", Static)
         for name in ("none", "ok", "amber", "red"):
             panel.set_class(name == state, f"session-{name}")
+
+    def _update_probes(self) -> None:
+        panel = self.query_one("#probe-panel", Static)
+        panel.display = self.history.latest_samples is not None
+        if panel.display:
+            panel.border_title = f"probes · step {self.history.latest_samples.get('step')}"
+            self._show("#probe-panel", probe_text(self.history))
 
     def _update_alerts(self) -> None:
         alerts = self.history.alerts
