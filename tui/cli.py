@@ -265,6 +265,8 @@ def _blind_chat(args, models, labels, prompts, settings) -> int:
                 print()
                 verdict = "quit"
                 break
+            if not sys.stdin.isatty():
+                print(line.strip(), flush=True)  # echo piped answers so the transcript reads like a session
             key = line.strip().lower()[:1]
             verdict = {"s": "skip", "q": "quit"}.get(key) or BLIND_KEYS.get(key)
         if verdict == "quit":
