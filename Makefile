@@ -29,6 +29,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/session_deadline.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/tui_performance.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/inspect_speed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/chat_generation.py
 
 clean:
 	rm -rf $(VENV)
