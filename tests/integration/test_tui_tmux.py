@@ -25,9 +25,12 @@ class Tmux:
         for _ in range(5):  # a tmux server still shutting down from the previous test refuses new sessions
             started = subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y",
                                       str(height), "-c", str(REPO),
-                                      f"env TERM=xterm-256color HF_HUB_OFFLINE=1 {command}; sleep 30"],
+                                      f"env -u COLUMNS -u LINES TERM=xterm-256color HF_HUB_OFFLINE=1 {command}; sleep 30"],
                                      capture_output=True, text=True)
             if started.returncode == 0:
+                # a running tmux server may size new detached windows by its default-size, not -x/-y
+                subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width), "-y", str(height)],
+                               capture_output=True)
                 return
             time.sleep(0.2)
         raise AssertionError(f"tmux would not start: {started.stderr}")
@@ -96,3 +99,81 @@ def test_attach_to_a_missing_run_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tui.cli", "attach", str(tmp_path / "nope")], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no such run directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def pane_halves(screen: str, width: int) -> tuple[str, str]:
+    """The left and right chat panes of a captured screen (they split the width in two)."""
+    lefts, rights = [], []
+    for line in screen.splitlines():
+        lefts.append(line[:width // 2])
+        rights.append(line[width // 2:])
+    return "\n".join(lefts), "\n".join(rights)
+
+
+@pytest.mark.slow
+def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blind(tmp_path, default_model_dir):
+    """The issue's done-when, on the bundled model: train the demo briefly, open Chat from Home, see base and
+    adapter answer side by side, rate ten held-out prompts blind, read the tally and the preference file."""
+    import json
+
+    runs = tmp_path / "runs"
+    run_dir = runs / "demo"
+    train = subprocess.run([sys.executable, "-m", "tui.cli", "train", "sample_data/configs/demo.toml", "--run-dir",
+                            str(run_dir), "--set", "train.max_steps=24", "--set", "train.learning_rate=1e-3",
+                            "--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", "probe.prompts=[]"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert train.returncode == 0, train.stderr
+    started = time.monotonic()
+    while '"finished"' not in (run_dir / "events.jsonl").read_text():
+        assert time.monotonic() - started < 900, "the demo run did not finish"
+        time.sleep(2)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+    width = 140
+    tmux = Tmux(f"{loradeck_command()} --runs-dir {runs}", width=width, height=40)
+    try:
+        tmux.wait_for("Runs", "demo", "finished")
+        time.sleep(1.0)
+        tmux.keys("t")
+        tmux.wait_for("one copy", "base", "demo", "message every pane", timeout=120)
+        tmux.keys("What is the capital of Norway?", "Enter")
+        tmux.wait_for("2 panes in", timeout=120)  # the timing line appears when both panes are done
+        left, right = pane_halves(tmux.screen(), width)
+        assert "Oslo" in left and "ANSWER: Oslo" in right, "base on the left, the adapter's trained format right"
+
+        tmux.keys("C-b")
+        tmux.wait_for("Blind A/B")
+        tmux.keys("F3")
+        tmux.wait_for("Prompt set")
+        tmux.keys("Enter")  # the run directory is offered: its held-out rows
+        ratings_file = run_dir / "chat" / "ratings.jsonl"
+        for number in range(1, 11):
+            tmux.wait_for("rate:", "A · left", "B · right", timeout=120)
+            screen = tmux.screen()
+            assert "A · left — " not in screen, "labels stay hidden until the rating"
+            left, right = pane_halves(screen, width)
+            # this user likes the trained ANSWER/REASON format
+            key = "a" if "ANSWER:" in left and "ANSWER:" not in right else \
+                  "b" if "ANSWER:" in right and "ANSWER:" not in left else "t"
+            tmux.keys(key)
+            while not ratings_file.is_file() or len(ratings_file.read_text().splitlines()) < number:
+                time.sleep(0.1)
+            time.sleep(0.3)
+        screen = tmux.wait_for("demo wins", timeout=30) and tmux.screen()
+        ratings = [json.loads(line) for line in ratings_file.read_text().splitlines()]
+        wins = sum(1 for r in ratings if r["winner"] == "demo")
+        assert wins >= 8 and {r["left_label"] for r in ratings} == {"base", "demo"}
+        assert f"demo wins {wins} · base wins 0" in screen
+        if wins >= 9:
+            assert "demo is better than base" in screen
+        preferences = [json.loads(line) for line in (run_dir / "chat" / "preferences.jsonl").read_text().splitlines()]
+        assert len(preferences) == wins and all("ANSWER:" in p["chosen"][0]["content"] for p in preferences)
+        tmux.keys("Escape")  # stops the 11th prompt's answers
+        time.sleep(1.0)
+        tmux.keys("Escape")
+        tmux.wait_for("Runs")
+        tmux.keys("q")
+        time.sleep(1.5)
+        assert "Runs" not in tmux.screen()
+    finally:
+        tmux.close()
