@@ -82,3 +82,47 @@ def test_dataset_screen_snapshot(snap_compare, default_model_dir):
                 break
         await pilot.pause(1.0)  # layout settles after the summary grows; the histogram redraws at its final size
     assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(120, 36), run_before=inspected)
+
+
+def open_recorded_chat(pilot):
+    """The chat screen over the recorded worker (the process boundary); ratings go under the scratch cwd."""
+    import random
+    from pathlib import Path
+
+    from tests.fakes import RecordedChatWorker
+    from tui.screens.chat import ChatScreen
+
+    screen = ChatScreen("smollm2-135m-instruct", ["runs/demo"], ratings_dir=Path("runs/demo/chat"),
+                        client_factory=RecordedChatWorker)
+    screen.rng = random.Random(1)
+    pilot.app.push_screen(screen)
+
+
+async def ask(pilot, question="What is the capital of Norway?"):
+    for char in question:
+        await pilot.press("space" if char == " " else char)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+def test_chat_side_by_side_snapshot(snap_compare, tmp_path, monkeypatch):
+    async def side_by_side(pilot):
+        open_recorded_chat(pilot)
+        await settle(pilot)
+        await ask(pilot)
+    monkeypatch.chdir(tmp_path)
+    assert snap_compare(LoradeckApp(runs_dir=tmp_path / "runs"), terminal_size=(110, 26), run_before=side_by_side)
+
+
+def test_chat_blind_rated_snapshot(snap_compare, tmp_path, monkeypatch):
+    async def blind_and_rate(pilot):
+        open_recorded_chat(pilot)
+        await settle(pilot)
+        await pilot.press("ctrl+b")
+        await ask(pilot)
+        await pilot.press("b")
+        await settle(pilot)
+        pilot.app.clear_notifications()  # toasts come and go with time; the reveal stays in the tally line
+        await settle(pilot)
+    monkeypatch.chdir(tmp_path)
+    assert snap_compare(LoradeckApp(runs_dir=tmp_path / "runs"), terminal_size=(110, 26), run_before=blind_and_rate)

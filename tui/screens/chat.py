@@ -206,7 +206,8 @@ class ChatScreen(Screen):
     AUTO_RESTARTS = 2
 
     def __init__(self, base: str, adapters: list[str] = (), *, load_in_4bit: bool = False,
-                 ratings_dir: Path | None = None, prompts_source: Path | None = None):
+                 ratings_dir: Path | None = None, prompts_source: Path | None = None,
+                 client_factory=ChatWorkerClient):
         super().__init__()
         self.base = base
         self.adapters = [str(a) for a in adapters]
@@ -231,7 +232,7 @@ class ChatScreen(Screen):
         self.restarts: list[float] = []
         self.closing = False
         self.rng = random.Random()
-        self.client = ChatWorkerClient(self._event_from_worker)
+        self.client = client_factory(self._event_from_worker)
         self.title = "loradeck · chat"
 
     # ------------------------------------------------------------------ layout
