@@ -136,6 +136,13 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         time.sleep(1.0)
         tmux.keys("t")
         tmux.wait_for("one copy", "base", "demo", "message every pane", timeout=120)
+        tmux.keys("F2")  # shorter answers keep the test quick: the base model can ramble for 256 tokens
+        tmux.wait_for("Generation settings")
+        tmux.keys("Tab", "Tab")  # temperature → top-p → max new tokens
+        for key in ("C-u", "6", "4", "Enter"):
+            tmux.keys(key)
+            time.sleep(0.2)
+        tmux.wait_for("64 new tokens")
         tmux.keys("What is the capital of Norway?", "Enter")
         tmux.wait_for("2 panes in", timeout=120)  # the timing line appears when both panes are done
         left, right = pane_halves(tmux.screen(), width)

@@ -8,11 +8,9 @@ import signal
 import time
 
 import pytest
-import tomli_w
 from textual.widgets import Input, Static
 
-from tests.conftest import SAMPLE_DATA
-from tests.integration.test_chat_cli import make_random_adapter
+from tests.integration.test_chat_cli import fake_run_with_adapter
 from tui.app import LoradeckApp
 from tui.screens.chat import ChatScreen, DiffScreen, SettingsScreen
 
@@ -20,16 +18,7 @@ from tui.screens.chat import ChatScreen, DiffScreen, SettingsScreen
 @pytest.fixture
 def chat_run(chatty_model_dir, tmp_path):
     """A finished run directory whose adapter is a real (random) LoRA over the chatty tiny model."""
-    run_dir = tmp_path / "runs" / "demo-run"
-    run_dir.mkdir(parents=True)
-    config = {"model": {"name": str(chatty_model_dir)},
-              "data": {"path": str(SAMPLE_DATA / "demo_train.jsonl"), "eval_path": str(SAMPLE_DATA / "demo_heldout.jsonl")},
-              "train": {"seed": 42}}
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config))
-    (run_dir / "events.jsonl").write_text(json.dumps({"v": 1, "ts": time.time(), "type": "finished",
-                                                      "reason": "completed", "step": 10}) + "\n")
-    make_random_adapter(chatty_model_dir, run_dir / "adapter", seed=3)
-    return run_dir
+    return fake_run_with_adapter(chatty_model_dir, tmp_path / "runs" / "demo-run")
 
 
 async def wait_until(pilot, condition, timeout=90.0):

@@ -143,7 +143,7 @@ class SettingsScreen(ModalScreen[GenerationSettings | None]):
                                           temperature=float(values["temperature"]), top_p=float(values["top_p"]),
                                           seed=int(values["seed"]))
         except ValueError:
-            self.query_one("#settings-error", Label).update("numbers only: max new tokens and seed are integers")
+            self.query_one("#settings-error", Label).update("max new tokens and seed are whole numbers")
             return
         if settings.problem():
             self.query_one("#settings-error", Label).update(settings.problem())
