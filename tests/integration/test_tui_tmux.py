@@ -25,7 +25,7 @@ class Tmux:
         for _ in range(5):  # a tmux server still shutting down from the previous test refuses new sessions
             started = subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y",
                                       str(height), "-c", str(REPO),
-                                      f"env -u COLUMNS -u LINES TERM=xterm-256color HF_HUB_OFFLINE=1 {command}; sleep 30"],
+                                      f"env -u COLUMNS -u LINES TERM=xterm-256color HF_HUB_OFFLINE=1 {command}; sleep 600"],
                                      capture_output=True, text=True)
             if started.returncode == 0:
                 # a running tmux server may size new detached windows by its default-size, not -x/-y
@@ -155,7 +155,7 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         tmux.keys("Enter")  # the run directory is offered: its held-out rows
         ratings_file = run_dir / "chat" / "ratings.jsonl"
         for number in range(1, 11):
-            tmux.wait_for("rate:", "A · left", "B · right", timeout=120)
+            tmux.wait_for("rate:", "A · left", "B · right", timeout=180)
             screen = tmux.screen()
             assert "A · left — " not in screen, "labels stay hidden until the rating"
             left, right = pane_halves(screen, width)

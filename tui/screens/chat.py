@@ -218,6 +218,7 @@ class ChatScreen(Screen):
         self.labels: list[str] = []
         self.panes: list[PaneState] = []
         self.pane_widgets: list[VerticalScroll] = []
+        self.pane_texts: list[Static] = []
         self.memory: dict = {}
         self.worker_state = "starting"
         self.request_id = 0
@@ -273,12 +274,13 @@ class ChatScreen(Screen):
             self.panes = [old.get(label) or PaneState(label) for label in self.labels]
         container = self.query_one("#chat-panes", Horizontal)
         container.remove_children()
-        self.pane_widgets = []
+        self.pane_widgets, self.pane_texts = [], []
         for index, pane in enumerate(self.panes):
-            scroll = VerticalScroll(Static(pane_text(pane, self.app.theme_variables), classes="pane-text"),
-                                    classes="panel chat-pane")
+            text = Static(pane_text(pane, self.app.theme_variables), classes="pane-text")
+            scroll = VerticalScroll(text, classes="panel chat-pane")
             scroll.border_title = self._pane_title(index)
             self.pane_widgets.append(scroll)
+            self.pane_texts.append(text)
         container.mount_all(self.pane_widgets or [Static(self._blind_hint(), classes="chat-empty")])
 
     def _pane_title(self, index: int) -> str:
@@ -402,7 +404,10 @@ class ChatScreen(Screen):
             if index >= len(self.pane_widgets):
                 continue
             scroll = self.pane_widgets[index]
-            scroll.query_one(".pane-text", Static).update(pane_text(self.panes[index], self.app.theme_variables))
+            if not scroll.is_mounted:  # panes were just rebuilt and are still mounting: draw on the next tick
+                self.dirty.add(index)
+                continue
+            self.pane_texts[index].update(pane_text(self.panes[index], self.app.theme_variables))
             scroll.border_title = self._pane_title(index)
             scroll.scroll_end(animate=False)
 
