@@ -301,7 +301,7 @@ class ChatScreen(Screen):
                 "When both answers are in: ←/a left better · →/b right better · t tie · x both bad.")
 
     def _blind_pair(self) -> tuple[str, str] | None:
-        """(challenger, reference): the first adapter against the base, or the first two adapters."""
+        """(challenger, reference): the first adapter against the base."""
         adapters = [label for label in self.labels if label != BASE_LABEL]
         if not adapters:
             return None
@@ -499,9 +499,15 @@ class ChatScreen(Screen):
     def action_rate(self, verdict: str) -> None:
         if not (self.blind and self.round and self.round.answers and not self.round.verdict):
             return
+        from engine.errors import LoradeckError
+
         round_ = self.round
-        row = self.ratings.record(round_.messages, (round_.left, round_.answers[0]), (round_.right, round_.answers[1]),
-                                  verdict, self.settings.to_dict())
+        try:
+            row = self.ratings.record(round_.messages, (round_.left, round_.answers[0]),
+                                      (round_.right, round_.answers[1]), verdict, self.settings.to_dict())
+        except LoradeckError as exc:  # the verdict is not lost from the screen: rate again once the folder works
+            self.notify(str(exc), title="rating not saved", severity="error", timeout=10)
+            return
         round_.verdict = verdict
         chosen = {"left": f"you preferred {round_.left}", "right": f"you preferred {round_.right}",
                   "tie": "you called it a tie", "both_bad": "you found both bad"}[verdict]
