@@ -96,30 +96,41 @@ def open_recorded_chat(pilot):
                         client_factory=RecordedChatWorker)
     screen.rng = random.Random(1)
     pilot.app.push_screen(screen)
+    return screen
 
 
-async def ask(pilot, question="What is the capital of Norway?"):
+async def until(pilot, condition):
+    for _ in range(200):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("the chat screen never got there")
+
+
+async def ask(pilot, screen, question="What is the capital of Norway?"):
+    await until(pilot, lambda: screen.worker_state == "ready" and not screen.query_one("#chat-input").disabled)
     for char in question:
         await pilot.press("space" if char == " " else char)
     await pilot.press("enter")
+    await until(pilot, lambda: not screen.generating)
+    screen.query_one("#chat-input").cursor_blink = False  # a blinking cursor makes the picture depend on time
     await settle(pilot)
 
 
 def test_chat_side_by_side_snapshot(snap_compare, tmp_path, monkeypatch):
     async def side_by_side(pilot):
-        open_recorded_chat(pilot)
-        await settle(pilot)
-        await ask(pilot)
+        screen = open_recorded_chat(pilot)
+        await ask(pilot, screen)
     monkeypatch.chdir(tmp_path)
     assert snap_compare(LoradeckApp(runs_dir=tmp_path / "runs"), terminal_size=(110, 26), run_before=side_by_side)
 
 
 def test_chat_blind_rated_snapshot(snap_compare, tmp_path, monkeypatch):
     async def blind_and_rate(pilot):
-        open_recorded_chat(pilot)
-        await settle(pilot)
+        screen = open_recorded_chat(pilot)
+        await until(pilot, lambda: screen.worker_state == "ready")
         await pilot.press("ctrl+b")
-        await ask(pilot)
+        await ask(pilot, screen)
         await pilot.press("b")
         await settle(pilot)
         pilot.app.clear_notifications()  # toasts come and go with time; the reveal stays in the tally line
