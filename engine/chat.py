@@ -320,7 +320,7 @@ class ChatModels:
 
     def memory(self) -> dict:
         """Bytes held by the base weights (counted once, by storage) and by each adapter, plus process RSS."""
-        import torch
+        from engine.telemetry import host_snapshot, process_memory
 
         seen: set[int] = set()
         base_bytes = 0
@@ -338,19 +338,11 @@ class ChatModels:
             else:
                 base_bytes += storage.nbytes()
         report = {"base_bytes": base_bytes, "adapter_bytes": adapter_bytes,
-                  "process_rss": _process_rss()}
-        if torch.cuda.is_available():
-            report["cuda_allocated"] = torch.cuda.memory_allocated()
+                  "process_rss": host_snapshot()["process_rss"]}
+        cuda = process_memory()
+        if cuda:
+            report["cuda_allocated"] = cuda["allocated"]
         return report
-
-
-def _process_rss() -> int | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except Exception:  # psutil missing or /proc unreadable: memory is then shown without RSS
-        return None
 
 
 def base_for(adapters: list[str | Path], base: str | None = None, config_base: str | None = None) -> tuple[str, bool]:

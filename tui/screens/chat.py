@@ -20,15 +20,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Header, Input, Label, Static
+from textual.widgets import Footer, Header, Input, Label, Static
 
 from engine.chat import BASE_LABEL, GenerationSettings, word_diff
 from engine.chat_client import ChatWorkerClient
 from engine.rating import RatingLog, blind_sides, tally
 from tui.format import format_bytes
-
-RATING_KEYS = {"left": "left", "right": "right", "tie": "tie", "both_bad": "both bad"}
-
 
 @dataclass
 class PaneState:
