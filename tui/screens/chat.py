@@ -19,6 +19,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
@@ -308,6 +309,12 @@ class ChatScreen(Screen):
     def _on_worker_event(self, event: dict) -> None:
         if self.closing:
             return
+        try:
+            self._handle_worker_event(event)
+        except NoMatches:  # the app is exiting and has already removed this screen's widgets
+            pass
+
+    def _handle_worker_event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "status":
             self.worker_state = event.get("message", "")
