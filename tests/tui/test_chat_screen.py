@@ -5,12 +5,12 @@ import json
 import os
 import random
 import signal
-import time
 
 import pytest
 from textual.widgets import Input, Static
 
 from tests.integration.test_chat_cli import fake_run_with_adapter
+from tests.tui.pilot_helpers import type_text, wait_until
 from tui.app import LoradeckApp
 from tui.screens.chat import ChatScreen, DiffScreen, SettingsScreen
 
@@ -19,19 +19,6 @@ from tui.screens.chat import ChatScreen, DiffScreen, SettingsScreen
 def chat_run(chatty_model_dir, tmp_path):
     """A finished run directory whose adapter is a real (random) LoRA over the chatty tiny model."""
     return fake_run_with_adapter(chatty_model_dir, tmp_path / "runs" / "demo-run")
-
-
-async def wait_until(pilot, condition, timeout=90.0):
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError("timed out waiting for the chat screen")
-        await pilot.pause(0.05)
-
-
-async def type_text(pilot, text):
-    for char in text:
-        await pilot.press("space" if char == " " else char)
 
 
 def record_events(screen):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, SAMPLE_DATA
+from tests.tui.pilot_helpers import type_text, wait_until
 from tui.app import LoradeckApp
 
 # Relative to the repository (the tests chdir there), so no machine-specific path lands in a snapshot.
@@ -99,20 +100,12 @@ def open_recorded_chat(pilot):
     return screen
 
 
-async def until(pilot, condition):
-    for _ in range(200):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("the chat screen never got there")
-
-
 async def ask(pilot, screen, question="What is the capital of Norway?"):
-    await until(pilot, lambda: screen.worker_state == "ready" and not screen.query_one("#chat-input").disabled)
-    for char in question:
-        await pilot.press("space" if char == " " else char)
+    await wait_until(pilot, lambda: screen.worker_state == "ready" and not screen.query_one("#chat-input").disabled,
+                     timeout=10)
+    await type_text(pilot, question)
     await pilot.press("enter")
-    await until(pilot, lambda: not screen.generating)
+    await wait_until(pilot, lambda: not screen.generating, timeout=10)
     screen.query_one("#chat-input").cursor_blink = False  # a blinking cursor makes the picture depend on time
     await settle(pilot)
 
@@ -128,7 +121,7 @@ def test_chat_side_by_side_snapshot(snap_compare, tmp_path, monkeypatch):
 def test_chat_blind_rated_snapshot(snap_compare, tmp_path, monkeypatch):
     async def blind_and_rate(pilot):
         screen = open_recorded_chat(pilot)
-        await until(pilot, lambda: screen.worker_state == "ready")
+        await wait_until(pilot, lambda: screen.worker_state == "ready", timeout=10)
         await pilot.press("ctrl+b")
         await ask(pilot, screen)
         await pilot.press("b")
