@@ -68,7 +68,7 @@ def plain_generate(models, label: str, tokens: int) -> None:
 
 def ours(models, labels: list[str], tokens: int) -> tuple[float, float]:
     """Seconds for the batched call and seconds to the first streamed text."""
-    from engine.chat import GenerationSettings, Pane
+    from engine.chat.generation import GenerationSettings, Pane
 
     first: list[float] = []
     started = time.monotonic()
@@ -85,7 +85,7 @@ def ours(models, labels: list[str], tokens: int) -> tuple[float, float]:
 
 def worker_first_token(base: str, adapters: list[Path], repeats: int) -> tuple[float, list[float]]:
     """Worker start-to-ready seconds, and request-to-first-text seconds for two panes."""
-    from engine.chat_client import ChatWorkerClient
+    from engine.chat.client import ChatWorkerClient
 
     events: queue.Queue = queue.Queue()
     client = ChatWorkerClient(events.put)
@@ -119,8 +119,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from engine.chat import ChatModels
-    from engine.models import resolve_model
+    from engine.chat.generation import ChatModels
+    from engine.models.loading import resolve_model
 
     base = resolve_model("smollm2-135m-instruct", progress=lambda message: None)
     folder = Path(tempfile.mkdtemp(prefix="loradeck-chat-bench-"))

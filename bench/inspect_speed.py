@@ -46,8 +46,8 @@ def main() -> int:
                         help="the per-row baseline is timed on this many rows and reported per row")
     args = parser.parse_args()
 
-    from engine.inspect import inspect_dataset
-    from engine.models import load_tokenizer
+    from engine.data.inspect import inspect_dataset
+    from engine.models.loading import load_tokenizer
 
     path = Path(tempfile.mkdtemp()) / "synthetic.jsonl"
     with open(path, "w") as handle:

@@ -34,9 +34,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from engine.config import load_config
-    from engine.events import read_events
-    from engine.handoff import open_bundle
-    from engine.trainer import TrainingRun, run_training
+    from engine.run.events import read_events
+    from engine.train.handoff import open_bundle
+    from engine.train.run import TrainingRun, run_training
 
     class StopAt(TrainingRun):
         def should_stop_after_step(self, state, control, *, save_due):

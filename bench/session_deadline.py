@@ -34,9 +34,9 @@ def main() -> int:
     parser.add_argument("--buffer", default="5s")
     args = parser.parse_args()
 
-    from engine.checkpoint import verify_checkpoint
+    from engine.train.checkpoint import verify_checkpoint
     from engine.errors import RunError
-    from engine.events import read_events
+    from engine.run.events import read_events
 
     work = Path(tempfile.mkdtemp(prefix="loradeck-deadline-"))
     rows, misses, left = [], 0, []

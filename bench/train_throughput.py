@@ -36,8 +36,8 @@ def demo_config(model: str, steps: int):
 
 def rows_in_engine_order(config, tokenizer, steps):
     """The exact rows, batch by batch, that our engine trains on, for the hand loop."""
-    from engine.data import prepare_data
-    from engine.trainer import EpochShuffleSampler, make_collator
+    from engine.data.tokenize import prepare_data
+    from engine.train.batches import EpochShuffleSampler
 
     data = prepare_data(config.data, tokenizer, config.train.seed)
     order = EpochShuffleSampler(len(data.train), config.train.seed).order(0)
@@ -50,8 +50,8 @@ def bench_hand_loop(config, steps):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engine.models import load_model, load_tokenizer
-    from engine.trainer import make_collator
+    from engine.models.loading import load_model, load_tokenizer
+    from engine.train.batches import make_collator
 
     tokenizer = load_tokenizer(config.model.name)
     collate = make_collator(tokenizer.pad_token_id)
@@ -77,8 +77,8 @@ def bench_hand_loop(config, steps):
 
 
 def bench_engine(config, steps):
-    from engine.events import read_events
-    from engine.trainer import run_training
+    from engine.run.events import read_events
+    from engine.train.run import run_training
 
     with tempfile.TemporaryDirectory() as folder:
         run_training(Path(folder) / "run", config)
@@ -95,8 +95,8 @@ def bench_trl_defaults(config, steps):
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from engine.data import load_dataset_file, to_conversations
-    from engine.models import load_model, load_tokenizer
+    from engine.data.readers import load_dataset_file, to_conversations
+    from engine.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(config.model.name)
     conversations = to_conversations(load_dataset_file(config.data.path))
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps for ours and the hand loop (first is warm-up)")
     parser.add_argument("--trl-steps", type=int, default=3, help="steps for TRL defaults (slow on CPU)")
     args = parser.parse_args()
-    from engine.models import quiet_transformers
+    from engine.models.loading import quiet_transformers
 
     quiet_transformers()
     config = demo_config(args.model, args.steps)

@@ -85,8 +85,8 @@ def make_log(path: Path, count: int) -> None:
 
 
 def bench_ingest(count: int) -> None:
-    from engine.events import read_events
-    from engine.history import RunHistory
+    from engine.run.events import read_events
+    from engine.run.history import RunHistory
 
     run_dir = Path(tempfile.mkdtemp()) / "big-run"
     run_dir.mkdir()
@@ -150,7 +150,7 @@ def _cpu_ticks(pid: int) -> int | None:
 
 
 def train_tokens_per_s(run_dir: Path, steps: int, attach: bool) -> float:
-    from engine.events import read_events
+    from engine.run.events import read_events
 
     command = [sys.executable, "-m", "tui.cli", "train", str(REPO / "sample_data/configs/demo.toml"), "--run-dir",
                str(run_dir), "--set", f"train.max_steps={steps}", "--set", "train.eval_every=0", "--set",

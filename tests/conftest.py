@@ -28,7 +28,7 @@ def real_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The bundled default model converted into the cache (converts once per machine, ~35 s)."""
-    from engine.models import resolve_model
+    from engine.models.loading import resolve_model
 
     return Path(resolve_model("smollm2-135m-instruct", progress=lambda message: None))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from engine.telemetry import DeviceSnapshot
+from engine.run.telemetry import DeviceSnapshot
 
 GIB = 1024 ** 3
 

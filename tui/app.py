@@ -45,7 +45,8 @@ class LoradeckApp(App):
 
     def open_chat(self, adapters: list[str], *, base: str | None = None, load_in_4bit: bool = False) -> None:
         """Show the chat screen for `adapters` (run dirs, adapter folders, bundles) against their base model."""
-        from engine.chat import base_for, ratings_folder, run_dir_of
+        from engine.chat.generation import ratings_folder
+        from engine.models.adapters import base_for, run_dir_of
         from engine.config import load_config
         from engine.errors import LoradeckError
         from tui.screens.chat import ChatScreen

@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> int:
     from engine.config import load_config
-    from engine.session import run_class_for
-    from engine.telemetry import set_backend_factory
-    from engine.trainer import run_training
+    from engine.train.session import run_class_for
+    from engine.run.telemetry import set_backend_factory
+    from engine.train.run import run_training
     from tests.fakes import FakeT4Backend
 
     set_backend_factory(FakeT4Backend)

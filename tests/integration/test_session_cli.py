@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import verify_checkpoint
-from engine.events import read_events
+from engine.train.checkpoint import verify_checkpoint
+from engine.run.events import read_events
 from tests.integration.test_train_cli import DEMO, loradeck, steps_logged, tiny_sets, wait_for
 
 
@@ -86,7 +86,7 @@ def test_extend_moves_a_live_deadline_and_is_refused_without_a_clock(tiny_model_
 
 
 def test_bad_bundles_and_past_deadlines_are_one_line_refusals_that_touch_nothing(tiny_model_dir, tmp_path):
-    from engine.trainer import run_training
+    from engine.train.run import run_training
     from tests.conftest import tiny_config
 
     run_training(tmp_path / "run", tiny_config(tiny_model_dir, "train.max_steps=1"))

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from engine.events import read_events
+from engine.run.events import read_events
 from tests.conftest import LORADECK, REPO, SAMPLE_DATA
 
 DEMO = str(SAMPLE_DATA / "configs" / "demo.toml")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from textual.widgets import RichLog, Static
 
-from engine.telemetry import collect_telemetry, set_backend_factory
+from engine.run.telemetry import collect_telemetry, set_backend_factory
 from tests.conftest import SAMPLE_DATA
 from tests.fakes import FakeT4Backend
 from tui.app import LoradeckApp
@@ -79,7 +79,7 @@ async def test_live_events_update_curves_countdown_gpu_and_ring_the_bell(tmp_pat
         try:
             telemetry = collect_telemetry()
         finally:
-            set_backend_factory(__import__("engine.telemetry", fromlist=["NvmlBackend"]).NvmlBackend)
+            set_backend_factory(__import__("engine.run.telemetry", fromlist=["NvmlBackend"]).NvmlBackend)
         deadline = time.time() + 20 * 60
         append(run_dir, *({"type": "step", "step": s, "loss": 2.0 - s / 100, "lr": 1e-4, "grad_norm": 0.5,
                            "tokens_per_s": 900.0, "epoch": s / 10, "max_steps": 100} for s in range(1, 21)),

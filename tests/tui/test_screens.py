@@ -75,8 +75,8 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
 
 
 async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny_model_dir, tmp_path):
-    from engine.control import send_command
-    from engine.rundir import trainer_pid
+    from engine.run.control import send_command
+    from engine.run.status import trainer_pid
 
     runs = tmp_path / "runs"
     app = LoradeckApp(runs_dir=runs, config_path=DEMO)

@@ -1,6 +1,6 @@
 """Chat: base and adapters answer side by side, streaming, with blind A/B rating.
 
-The models live in a separate worker process (`engine.chat_worker`): one copy
+The models live in a separate worker process (`engine.chat.worker`): one copy
 of the base weights, adapters switched per row of one batched `generate`. A
 crash or out-of-memory there is reported here and the worker is restarted;
 the conversations on screen are kept.
@@ -23,9 +23,9 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
-from engine.chat import BASE_LABEL, GenerationSettings, word_diff
-from engine.chat_client import ChatWorkerClient
-from engine.rating import RatingLog, blind_sides, tally
+from engine.chat.generation import BASE_LABEL, GenerationSettings, word_diff
+from engine.chat.client import ChatWorkerClient
+from engine.chat.rating import RatingLog, blind_sides, tally
 from tui.format import format_bytes
 
 @dataclass
@@ -549,7 +549,7 @@ class ChatScreen(Screen):
         if not source:
             return
         from engine.errors import LoradeckError
-        from engine.prompts import held_out_prompts, prompts_from_file
+        from engine.data.prompts import held_out_prompts, prompts_from_file
 
         path = Path(source).expanduser()
         try:

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 from textual_plotext import PlotextPlot
 
-from engine.history import RunHistory
+from engine.run.history import RunHistory
 from tui.format import theme_rgb
 
 LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")

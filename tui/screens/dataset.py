@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
@@ -126,8 +125,8 @@ class DatasetScreen(Screen):
     @work(thread=True, exclusive=True, group="inspect")
     def inspect(self, path: str) -> None:
         from engine.errors import LoradeckError
-        from engine.inspect import inspect_dataset
-        from engine.models import load_tokenizer
+        from engine.data.inspect import inspect_dataset
+        from engine.models.loading import load_tokenizer
 
         def progress(stage: str, fraction: float) -> None:
             self.app.call_from_thread(self.query_one("#dataset-progress", ProgressBar).update,
@@ -181,7 +180,7 @@ class DatasetScreen(Screen):
     def show_sample(self) -> None:
         if not self.report or not self.report.conversations:
             return
-        from engine.inspect import mask_segments
+        from engine.data.inspect import mask_segments
 
         self.index %= len(self.report.conversations)
         conversation = self.report.conversations[self.index]
@@ -220,13 +219,3 @@ class DatasetScreen(Screen):
             number = self.finding_rows.pop(0)
             self.finding_rows.append(number)
             self.show_record(number)
-
-
-def dataset_for_run(run_dir: str | Path) -> str:
-    """The training data path recorded in a run's config, '' when unreadable."""
-    import tomllib
-
-    try:
-        return tomllib.loads((Path(run_dir) / "config.toml").read_text())["data"]["path"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return ""

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from engine.history import RunHistory
+from engine.run.history import RunHistory
 from tui.format import format_duration, format_number, short_path
 
 RUN_COLUMNS = ("", "run", "status", "step", "loss", "eval", "time left", "model")
@@ -152,14 +152,16 @@ class HomeScreen(Screen):
         """Inspect the selected run's dataset, else the configured one."""
         from engine.config import load_config
         from engine.errors import LoradeckError
-        from tui.screens.dataset import DatasetScreen, dataset_for_run
+        from engine.run.paths import recorded_data_path
+        from tui.screens.dataset import DatasetScreen
 
         try:
             config = load_config(self.config_path)
         except LoradeckError:
             config = load_config(None)
         run = self._cursor_run()
-        path = (dataset_for_run(run) if run else "") or config.data.path
+        recorded = recorded_data_path(run) if run else None
+        path = str(recorded) if recorded else config.data.path
         if path and not Path(path).exists():
             path = ""
         self.app.push_screen(DatasetScreen(short_path(path) if path else "", config.model.name,
@@ -167,7 +169,7 @@ class HomeScreen(Screen):
 
     def action_chat(self) -> None:
         """Chat with the selected run's adapter beside its base model (the base alone when it has none yet)."""
-        from engine.chat import resolve_adapter
+        from engine.models.adapters import resolve_adapter
         from engine.errors import LoradeckError
 
         run = self._cursor_run()

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from engine.history import RunHistory
+from engine.run.history import RunHistory
 from tui.format import format_bytes, format_duration, format_number, theme_rgb
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
@@ -358,7 +358,7 @@ class MonitorScreen(Screen):
         self._redraw_plot()
 
     def _send(self, command: str, **arguments) -> bool:
-        from engine.control import send_command
+        from engine.run.control import send_command
         from engine.errors import LoradeckError
 
         try:

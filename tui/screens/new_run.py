@@ -177,7 +177,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, group="preflight")
     def _run_preflight(self, config: RunConfig) -> None:
-        from engine.preflight import run_preflight
+        from engine.train.preflight import run_preflight
 
         try:
             report = run_preflight(config, measure=False)
@@ -198,7 +198,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, group="start")
     def _start(self, config: RunConfig) -> None:
-        from engine.launcher import launch_detached, new_run_dir, prepare_run_dir
+        from engine.train.launcher import launch_detached, new_run_dir, prepare_run_dir
 
         try:
             label = Path(self.query_one("#save-path", Input).value.strip() or "run").stem

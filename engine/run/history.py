@@ -1,0 +1,180 @@
+"""A run's history, followed incrementally: what a monitor needs, never re-reading the whole log.
+
+`RunHistory.poll()` reads only the bytes appended since the last call (via
+EventTail) and folds each event into the summary and the plotted series.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.run.alerts import Alert, detect_alerts
+from engine.run.events import EventTail
+from engine.run.paths import RunPaths, require_run_dir
+from engine.run.status import RunSummary, apply_event, prepared_at, settle_liveness, trainer_pid
+
+TELEMETRY_HISTORY = 720   # one hour at the trainer's 5 s telemetry rate
+LOG_KINDS = ("started", "model_loaded", "resumed", "checkpoint", "warning", "control", "error", "finished")
+
+
+@dataclass
+class Series:
+    """Parallel step/value lists for one plotted quantity."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def add(self, step: int, value: Any) -> None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return
+        self.steps.append(step)
+        self.values.append(number)
+
+    def pairs(self, last: int | None = None) -> list[tuple[int, float]]:
+        """(step, value) pairs, only the newest `last` when given."""
+        if last is not None:
+            return list(zip(self.steps[-last:], self.values[-last:]))
+        return list(zip(self.steps, self.values))
+
+    def downsampled(self, limit: int, since_step: int | None = None) -> tuple[list[int], list[float]]:
+        """At most about `limit` points for plotting: bucket means, the newest point always kept."""
+        start = 0
+        if since_step is not None:
+            import bisect
+
+            start = bisect.bisect_left(self.steps, since_step)
+        steps, values = self.steps[start:], self.values[start:]
+        if len(steps) <= limit:
+            return steps, values
+        size = -(-len(steps) // limit)
+        out_steps, out_values = [], []
+        for begin in range(0, len(steps), size):
+            chunk = [v for v in values[begin:begin + size] if v == v]
+            out_steps.append(steps[min(begin + size, len(steps)) - 1])
+            out_values.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+        out_steps[-1], out_values[-1] = steps[-1], values[-1]
+        return out_steps, out_values
+
+    def last(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class RunHistory:
+    """Summary, curves, telemetry and log lines of one run directory, updated by `poll()`."""
+
+    def __init__(self, run_dir: str | Path):
+        self.paths: RunPaths = require_run_dir(run_dir)
+        self.summary = RunSummary(run_id=self.paths.root.name, path=str(self.paths.root))
+        self.tail = EventTail(self.paths.events)
+        self.loss, self.eval_loss, self.lr = Series(), Series(), Series()
+        self.grad_norm, self.tokens_per_s = Series(), Series()
+        self.telemetry: deque = deque(maxlen=TELEMETRY_HISTORY)
+        self.log: deque = deque(maxlen=500)
+        self.log_count = 0  # log lines ever added (the deque forgets the oldest)
+        self.deadline: dict[str, Any] = {}
+        self.new_warnings: list[dict[str, Any]] = []
+        self.events_seen = 0
+        self.step_times: deque = deque(maxlen=30)  # (ts, step) of recent step events, for the ETA
+        self.loss_tail_before_resume: Series = Series()
+        self.alerts: list[Alert] = []
+        self._alerts_at = -1
+        self.first_samples: dict[str, Any] | None = None  # probe answers before (or at the start of) training
+        self.latest_samples: dict[str, Any] | None = None
+
+    def poll(self, limit_bytes: int | None = 4 << 20) -> int:
+        """Fold newly appended events in; returns how many. Also refreshes liveness."""
+        events = self.tail.read_new(limit_bytes)
+        for event in events:
+            self._apply(event)
+        self.events_seen += len(events)
+        settle_liveness(self.summary, trainer_pid(self.paths.root), created_at=prepared_at(self.paths))
+        if events and len(self.loss) != self._alerts_at:
+            self._alerts_at = len(self.loss)
+            self.alerts = detect_alerts(self.loss.pairs(last=200), self.eval_loss.pairs(last=50))
+        return len(events)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        apply_event(self.summary, event)
+        kind, step = event.get("type"), event.get("step")
+        if kind == "step":
+            self.loss.add(step, event.get("loss"))
+            self.lr.add(step, event.get("lr"))
+            self.grad_norm.add(step, event.get("grad_norm"))
+            self.tokens_per_s.add(step, event.get("tokens_per_s"))
+            self.step_times.append((event.get("ts", time.time()), step))
+        elif kind == "eval":
+            self.eval_loss.add(step, event.get("eval_loss"))
+        elif kind == "telemetry":
+            self.telemetry.append(event)
+        elif kind == "deadline":
+            self.deadline = event
+        elif kind == "sample":
+            self.first_samples = self.first_samples or event
+            self.latest_samples = event
+        elif kind == "resumed":
+            for tail_step, tail_loss in event.get("loss_tail") or []:
+                self.loss_tail_before_resume.add(tail_step, tail_loss)
+        if kind == "warning":
+            self.new_warnings.append(event)
+        if kind in LOG_KINDS:
+            self.log.append(event)
+            self.log_count += 1
+
+    def take_warnings(self) -> list[dict[str, Any]]:
+        """Warnings that arrived since the last call (the TUI rings the bell for deadline ones)."""
+        warnings, self.new_warnings = self.new_warnings, []
+        return warnings
+
+    def seconds_per_step(self) -> float | None:
+        """Recent wall seconds per optimizer step, from step events."""
+        if len(self.step_times) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.step_times[0], self.step_times[-1]
+        return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+    def eta_seconds(self) -> float | None:
+        """Time to the planned last step at the recent pace (None when unknown or finished)."""
+        pace = self.seconds_per_step()
+        if pace is None or not self.summary.max_steps or self.summary.status != "running":
+            return None
+        return max(0.0, (self.summary.max_steps - self.summary.step) * pace)
+
+    def time_left(self, now: float | None = None) -> float | None:
+        """Session seconds left: live from the deadline, or as recorded for a finished run."""
+        if not self.deadline:
+            return None
+        if self.summary.status == "running":
+            return self.deadline["deadline_at"] - (now or time.time())
+        return self.deadline.get("time_left_s")
+
+    def final_save_eta(self, now: float | None = None) -> float | None:
+        """Seconds until the clock will stop the run and save: time left minus the engine's margin."""
+        left, margin = self.time_left(now), self.deadline.get("margin_s")
+        if left is None or margin is None or self.summary.status != "running":
+            return None
+        return max(0.0, left - margin)
+
+    def last_telemetry(self) -> dict[str, Any] | None:
+        return self.telemetry[-1] if self.telemetry else None
+
+    def telemetry_series(self, pick) -> list[float]:
+        """One number per telemetry event (e.g. VRAM used of device 0), N/A dropped."""
+        values = []
+        for event in self.telemetry:
+            try:
+                value = pick(event)
+            except (KeyError, IndexError, TypeError):
+                value = None
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                values.append(float(value))
+        return values

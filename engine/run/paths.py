@@ -1,0 +1,95 @@
+"""The layout of a run directory, and where the data files a run recorded are found.
+
+```
+runs/<run-id>/
+  config.toml        resolved config, written once at start
+  events.jsonl       append-only event log
+  control/           commands from clients (mode 0700)
+  checkpoints/step-000120/   adapter + state.json, renamed into place whole
+  handoff/           newest complete resume bundle
+  adapter/           the final adapter (PEFT format)
+  trainer.pid        the live trainer's pid
+  trainer.log        the detached trainer's own output
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import RunError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path inside one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def handoff(self) -> Path:
+        return self.root / "handoff"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "trainer.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "trainer.log"
+
+
+def require_run_dir(path: str | Path) -> RunPaths:
+    """RunPaths for `path`, or a RunError saying why it is not a run directory."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise RunError(f"{path}: no such run directory")
+    paths = RunPaths(root)
+    if not paths.events.is_file() and not paths.config.is_file():
+        raise RunError(f"{path}: not a run directory (no events.jsonl or config.toml) — pass runs/<run-id>")
+    return paths
+
+
+def run_data_path(run_dir: str | Path, value: str) -> Path | None:
+    """A data path recorded in a run's config, resolved: absolute as written, else relative to the run directory,
+    else to the working directory. None when the value is empty or no such file exists."""
+    if not value:
+        return None
+    candidate = Path(value).expanduser()
+    for path in ([candidate] if candidate.is_absolute() else [Path(run_dir) / candidate, Path.cwd() / candidate]):
+        if path.exists():
+            return path
+    return None
+
+
+def recorded_data_path(run_dir: str | Path, key: str = "path") -> Path | None:
+    """The run's `data.<key>` (path or eval_path) resolved by `run_data_path`; None when unset, missing or the
+    config is unreadable."""
+    try:
+        data = tomllib.loads(RunPaths(Path(run_dir)).config.read_text(encoding="utf-8")).get("data", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return run_data_path(run_dir, value) if isinstance(value, str) else None

@@ -1,0 +1,172 @@
+"""What state a run is in: its summary folded from events, and the one rule for whether its trainer lives.
+
+The CLI (`loradeck status`), Home and the monitor all decide "running" versus
+"lost" with `settle_liveness`, so they never disagree about a run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.run.events import read_events
+from engine.run.paths import RunPaths, require_run_dir
+
+RUN_STATUSES = ("starting", "running", "finished", "stopped", "deadline", "failed", "lost")
+LIVE_STATUSES = ("starting", "running")
+STARTUP_GRACE_S = 60.0  # a run directory with no events yet may still be waiting for its trainer to start
+LOST_MESSAGE = "the trainer process is gone without a finished event (killed?)"
+
+
+def trainer_pid(run_dir: str | Path) -> int | None:
+    """The pid of the run's live trainer process, or None when none is running."""
+    pid_file = RunPaths(Path(run_dir)).pid_file
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:  # a zombie (exited, not yet reaped) is not a live trainer
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return None
+    except (OSError, IndexError):
+        pass
+    return pid
+
+
+@dataclass
+class RunSummary:
+    """What a person wants to know about a run at a glance."""
+
+    run_id: str
+    path: str
+    status: str = "starting"
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_s: float | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    deadline_at: float | None = None
+    time_left_s: float | None = None
+    model: str | None = None
+    dataset: str | None = None
+    backend: str | None = None
+    message: str | None = None
+    checkpoints: int = 0
+    last_checkpoint: str | None = None
+    handoff: str | None = None
+    pid: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for `status --json`."""
+        return asdict(self)
+
+
+def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
+    """Fold one event into a summary (the TUI calls this per event; no re-reading)."""
+    kind = event.get("type")
+    summary.updated_at = event.get("ts", summary.updated_at)
+    if "step" in event and isinstance(event["step"], int):
+        summary.step = max(summary.step, event["step"])
+    if kind == "started":
+        summary.status = "running"
+        summary.started_at = event.get("ts")
+        summary.max_steps = event.get("max_steps", summary.max_steps)
+        summary.model = event.get("model", summary.model)
+        summary.dataset = event.get("dataset", summary.dataset)
+    elif kind == "model_loaded":
+        summary.backend = event.get("backend", summary.backend)
+        summary.max_steps = event.get("max_steps", summary.max_steps)
+    elif kind == "step":
+        summary.loss = event.get("loss", summary.loss)
+        summary.learning_rate = event.get("lr", summary.learning_rate)
+        summary.epoch = event.get("epoch", summary.epoch)
+        summary.tokens_per_s = event.get("tokens_per_s", summary.tokens_per_s)
+    elif kind == "eval":
+        summary.eval_loss = event.get("eval_loss", summary.eval_loss)
+    elif kind == "checkpoint":
+        summary.checkpoints += 1
+        summary.last_checkpoint = event.get("path", summary.last_checkpoint)
+        if event.get("handoff"):
+            summary.handoff = event["handoff"]
+    elif kind == "deadline":
+        summary.deadline_at = event.get("deadline_at", summary.deadline_at)
+        summary.time_left_s = event.get("time_left_s", summary.time_left_s)
+    elif kind == "warning":
+        summary.warnings.append(event.get("message", ""))
+    elif kind == "finished":
+        summary.status = {"deadline": "deadline", "stopped": "stopped"}.get(event.get("reason"), "finished")
+        summary.message = event.get("message", summary.message)
+        summary.loss = event.get("loss", summary.loss)
+    elif kind == "error":
+        summary.status = "failed"
+        summary.message = event.get("message", summary.message)
+
+
+def settle_liveness(summary: RunSummary, pid: int | None, *, created_at: float | None = None,
+                    now: float | None = None) -> None:
+    """The one liveness rule: a run its events call starting or running, whose trainer is not alive, is lost.
+
+    A run with no events yet is given `STARTUP_GRACE_S` from `created_at` (when its directory was prepared)
+    for the trainer to start.
+    """
+    summary.pid = pid
+    if summary.status not in LIVE_STATUSES or pid is not None:
+        return
+    if summary.updated_at is None and created_at is not None and (now or time.time()) - created_at < STARTUP_GRACE_S:
+        return
+    summary.status = "lost"
+    summary.message = summary.message or LOST_MESSAGE
+
+
+def prepared_at(paths: RunPaths) -> float | None:
+    """When the run directory was prepared (its config.toml's time), None when it has no config."""
+    try:
+        return paths.config.stat().st_mtime
+    except OSError:
+        return None
+
+
+def summarize_events(run_id: str, path: str, events: Iterable[dict[str, Any]], pid: int | None, *,
+                     created_at: float | None = None) -> RunSummary:
+    """A RunSummary from a sequence of events and the trainer's liveness."""
+    summary = RunSummary(run_id=run_id, path=path)
+    for event in events:
+        apply_event(summary, event)
+    settle_liveness(summary, pid, created_at=created_at)
+    return summary
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary:
+    """Read a run directory (live or finished) into a RunSummary."""
+    paths = require_run_dir(run_dir)
+    pid = trainer_pid(paths.root)
+    return summarize_events(paths.root.name, str(paths.root), read_events(paths.events), pid,
+                            created_at=prepared_at(paths))
+
+
+def list_runs(runs_dir: str | Path) -> list[RunSummary]:
+    """Summaries of every run directory under `runs_dir`, newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    summaries = []
+    for child in root.iterdir():
+        if child.is_dir() and (child / "events.jsonl").is_file():
+            summaries.append(summarize_run(child))
+    summaries.sort(key=lambda s: s.started_at or 0, reverse=True)
+    return summaries

@@ -1,0 +1,111 @@
+"""The trainer's only link to the world: a `TrainerCallback` that writes events, obeys commands and saves.
+
+TRL's `SFTTrainer` runs the loop; `RunDirectoryCallback` turns its logs into
+`step`/`eval`/`telemetry` events, takes control commands at every step end,
+asks the run whether to stop (signal, stop command, the session clock) and
+saves checkpoints on schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Callable
+
+from engine.run.control import take_commands
+
+if TYPE_CHECKING:
+    from engine.train.run import TrainingRun
+
+
+def run_directory_callback_class():
+    """The callback class (built on first use: transformers is imported only inside a training process)."""
+    from transformers import TrainerCallback
+
+    class RunDirectoryCallback(TrainerCallback):
+        """Events out, commands in, checkpoints on schedule: the trainer's only link to the world."""
+
+        def __init__(self, run: TrainingRun, telemetry_every_s: float = 5.0,
+                     on_step: Callable[[dict], None] | None = None):
+            self.run = run
+            self.telemetry_every_s = telemetry_every_s
+            self.last_telemetry = 0.0
+            self.last_log_time = None
+            self.last_log_tokens = 0
+            self.last_step_end = time.monotonic()
+            self.on_step = on_step
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
+            self.last_log_time = time.monotonic()
+            self.last_log_tokens = state.num_input_tokens_seen or 0
+            self.last_step_end = time.monotonic()
+            # A resumed TrainerState carries the old run's logging/eval/save intervals; this run's config wins.
+            state.compute_steps(args, state.max_steps)
+            self.run.on_train_begin(state, control)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            run = self.run
+            # Wall time of the step just taken: data, forward, backward, optimizer, logging — not our
+            # saves (they happen after `last_step_end` is stamped) and not eval (timed on its own).
+            run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
+            run.eval_overhead = 0.0
+            for command in take_commands(run.paths):
+                run.events.emit("control", step=state.global_step, command=command["command"])
+                if command["command"] == "stop":
+                    run.stop.reason = run.stop.reason or "stopped"
+                elif command["command"] == "save":
+                    run.save("requested")
+                else:
+                    run.handle_command(command, state)
+            every = run.config.train.save_every
+            save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
+            if not run.stop.reason:
+                run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
+            if run.stop.reason:
+                control.should_training_stop = True
+                control.should_evaluate = False  # the final save matters more than one more eval
+                return control
+            if save_due:
+                run.save("periodic")
+            run.after_step(state, control)
+            if time.monotonic() - self.last_telemetry >= self.telemetry_every_s:
+                self.last_telemetry = time.monotonic()
+                run.emit_telemetry(state.global_step)
+            self.last_step_end = time.monotonic()
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.monotonic()
+            tokens = state.num_input_tokens_seen or 0
+            elapsed = max(now - (self.last_log_time or now), 1e-9)
+            tokens_per_s = (tokens - self.last_log_tokens) / elapsed if tokens else None
+            self.last_log_time, self.last_log_tokens = now, tokens
+            loss = float(logs["loss"])
+            self.run.loss_tail.append([state.global_step, loss])
+            event = self.run.events.emit(
+                "step", step=state.global_step, loss=loss if math.isfinite(loss) else str(loss),
+                lr=logs.get("learning_rate"), grad_norm=_finite(logs.get("grad_norm")),
+                epoch=round(state.epoch or 0.0, 4), tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
+                tokens_seen=tokens, max_steps=state.max_steps)
+            if self.on_step:
+                self.on_step(event)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            if "eval_loss" in metrics:
+                self.run.events.emit("eval", step=state.global_step, eval_loss=float(metrics["eval_loss"]),
+                                     seconds=metrics.get("eval_runtime"))
+
+    return RunDirectoryCallback
+
+
+def _finite(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+

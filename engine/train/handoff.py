@@ -1,0 +1,202 @@
+"""Handoff bundles: everything another machine needs to continue a run, in one folder.
+
+```
+RUN_DIR/handoff/
+  adapter_config.json, adapter_model.safetensors   the LoRA adapter (PEFT format)
+  state.json          step, epoch, samples consumed, data seed, LR position, loss tail,
+                      base-model fingerprint, LoRA shape, file manifest (sizes + SHA-256)
+  config.toml         the resolved config; data paths point into data/ when the data was copied
+  trainer_state.json, scheduler.pt                   Trainer's own resume state
+  optimizer.pt, rng_state.pth                        only with session.with_optimizer
+  data/               a copy of the training (and eval) file when it is small enough
+  RESUME.md           the exact command that continues the run
+```
+
+The bundle is rebuilt from hard links of the newest checkpoint and swapped into
+place atomically, so `handoff/` always holds one complete bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.train.checkpoint import STATE_FILE, sha256_file, verify_checkpoint, write_linked_folder
+from engine.config import RunConfig, dumps_config, load_config
+from engine.errors import RunError
+
+BUNDLE_DATA_LIMIT = 100 * 1024 * 1024  # bigger datasets stay where they are; RESUME.md says how to point at them
+HASH_LIMIT = 2 * 1024 * 1024 * 1024
+
+
+@dataclass
+class DataFile:
+    """One local data file the run reads, as recorded in state.json."""
+
+    key: str  # "path" or "eval_path"
+    source: str
+    size: int
+    sha256: str | None
+    bundled_as: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def describe_data_files(config: RunConfig) -> list[DataFile]:
+    """The run's local data files with size and hash, and the bundle name of those small enough to travel."""
+    files = []
+    for key in ("path", "eval_path"):
+        value = getattr(config.data, key)
+        path = Path(value) if value else None
+        if path is None or not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest = sha256_file(path) if size <= HASH_LIMIT else None
+        bundled = f"data/{key}-{path.name}" if size <= BUNDLE_DATA_LIMIT else None
+        files.append(DataFile(key, str(path.resolve()), size, digest, bundled))
+    return files
+
+
+def resume_instructions(state: dict[str, Any], config: RunConfig, data_files: list[DataFile],
+                        bundle_path: Path) -> str:
+    """The text of RESUME.md: what the bundle holds and the exact command that continues it."""
+    step, planned = state.get("global_step"), state.get("max_steps")
+    travelling = [f for f in data_files if f.bundled_as]
+    staying = [f for f in data_files if not f.bundled_as]
+    lines = [
+        "# loradeck handoff bundle",
+        "",
+        f"Step {step} of {planned} (epoch {state.get('epoch') or 0:.3f}) of a LoRA run on "
+        f"`{config.model.name}` (r={config.lora.r}, targets {', '.join(config.lora.target_modules)}), "
+        f"saved because: {state.get('reason')}.",
+        "",
+        "## Continue on any machine",
+        "",
+        "Copy this whole folder, install loradeck, then:",
+        "",
+        "```",
+        f"loradeck resume {shlex.quote(str(bundle_path))}",
+        "loradeck resume ./handoff --session 12h        # from the folder holding a copy of it",
+        "```",
+        "",
+        f"Training continues at step {(step or 0) + 1} with the same data order, LR schedule position and "
+        "adapter weights" + (", optimizer and RNG state." if state.get("with_optimizer") else
+                             " (a fresh optimizer: set session.with_optimizer for an exact continuation)."),
+        "",
+    ]
+    if travelling:
+        lines += ["The training data travels with the bundle (`data/`); nothing else is needed.", ""]
+    for file in staying:
+        lines += [f"The data file `{file.source}` ({file.size / 1e6:.0f} MB) is too big to travel with the "
+                  "bundle; on the new machine add", "",
+                  "```", f"--set data.{file.key}=/path/to/{Path(file.source).name}", "```", ""]
+    lines += ["`loradeck status <this folder>` summarises the bundle.", ""]
+    return "\n".join(lines)
+
+
+def write_handoff(handoff_dir: Path, checkpoint: Path, state: dict[str, Any], config: RunConfig,
+                  data_files: list[DataFile]) -> Path:
+    """Atomically replace `handoff_dir` with a bundle made from `checkpoint` (hard links) plus data and RESUME.md."""
+    bundle_config = dataclasses.replace(config, data=dataclasses.replace(config.data))
+    links: dict[str, Path] = {}
+    for file in data_files:
+        if file.bundled_as:
+            links[file.bundled_as] = Path(file.source)
+            # Relative paths in a config resolve against its folder: the bundle itself.
+            setattr(bundle_config.data, file.key, file.bundled_as)
+    text = {"config.toml": dumps_config(bundle_config),
+            "RESUME.md": resume_instructions(state, config, data_files, handoff_dir.resolve())}
+    return write_linked_folder(handoff_dir, checkpoint, skip=("config.toml",), extra_text=text, extra_links=links)
+
+
+@dataclass
+class Bundle:
+    """A verified handoff bundle (or checkpoint) ready to resume from."""
+
+    path: Path
+    state: dict[str, Any]
+    config: RunConfig
+    notes: list[str] = field(default_factory=list)
+
+
+def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
+    """Verify a bundle and load its config with `overrides`; RunError for partial, corrupt or incompatible input.
+
+    Accepts a bundle folder, a checkpoint folder, or a run directory (its handoff/).
+    Refuses overrides that change the base model or the adapter's shape.
+    """
+    folder = Path(path).expanduser()
+    if (folder / "handoff" / STATE_FILE).is_file() and not (folder / STATE_FILE).is_file():
+        folder = folder / "handoff"
+    state = verify_checkpoint(folder)
+    original = load_config(folder / "config.toml")
+    notes = []
+    if original.session.deadline and not any(o.startswith("session.deadline=") for o in overrides):
+        # An absolute deadline belonged to the old machine's session; the new one has its own.
+        overrides = ["session.deadline="] + list(overrides)
+        notes.append(f"the bundle's session deadline ({original.session.deadline}) belonged to the old session "
+                     "and is dropped; pass --deadline or --session for this one")
+    config = load_config(folder / "config.toml", list(overrides))
+    refuse_incompatible(state, config)
+    for key in ("batch_size", "grad_accum", "seed"):
+        before, after = getattr(original.train, key), getattr(config.train, key)
+        if before != after:
+            notes.append(f"train.{key} changed from {before} to {after}: the data order after step "
+                         f"{state.get('global_step')} will differ from an uninterrupted run")
+    recorded = {entry["key"]: entry for entry in state.get("data_files", [])}
+    for key in ("path", "eval_path"):
+        value = getattr(config.data, key)
+        entry = recorded.get(key)
+        if not value:
+            continue
+        if not Path(value).exists():
+            raise RunError(f"{folder}: the data file {value} is not on this machine — add "
+                           f"--set data.{key}=/path/to/{Path(value).name}")
+        if entry and entry.get("sha256") and Path(value).is_file() and Path(value).stat().st_size <= HASH_LIMIT:
+            if sha256_file(Path(value)) != entry["sha256"]:
+                notes.append(f"data.{key} ({value}) differs from the file the run started with: the sample "
+                             "order continues by position, not by content")
+    return Bundle(folder, state, config, notes)
+
+
+def refuse_incompatible(state: dict[str, Any], config: RunConfig) -> None:
+    """RunError naming every difference between the bundle's base model / adapter shape and `config`."""
+    lora = state.get("lora") or {}
+    problems = []
+    if lora.get("r") is not None and lora["r"] != config.lora.r:
+        problems.append(f"lora.r={config.lora.r} (bundle: {lora['r']})")
+    if lora.get("target_modules") is not None and list(lora["target_modules"]) != list(config.lora.target_modules):
+        problems.append(f"lora.target_modules={list(config.lora.target_modules)} (bundle: {lora['target_modules']})")
+    if problems:
+        raise RunError("cannot resume: this run would use " + "; ".join(problems) +
+                       " — an adapter only continues on the base and shape it was trained with")
+
+
+def describe_bundle(bundle_path: str | Path) -> list[str]:
+    """Lines for `loradeck status BUNDLE`: what it holds, whether it verifies, the command that continues it."""
+    folder = Path(bundle_path)
+    try:
+        state = verify_checkpoint(folder)
+        verdict = "complete (every file matches its checksum)"
+    except RunError as exc:
+        state, verdict = None, f"NOT resumable: {exc}"
+    lines = [f"bundle     {folder}", f"check      {verdict}"]
+    if state:
+        base = state.get("base_model") or {}
+        lora = state.get("lora") or {}
+        tail = state.get("loss_tail") or []
+        lines += [
+            f"step       {state.get('global_step')}/{state.get('max_steps')}   epoch "
+            f"{(state.get('epoch') or 0):.3f}   samples {state.get('samples_consumed')}",
+            f"model      {base.get('name')} (fingerprint {base.get('hash')})   LoRA r={lora.get('r')} "
+            f"alpha={lora.get('alpha')} targets {', '.join(lora.get('target_modules') or [])}",
+            f"loss       {tail[-1][1]:.4f} at step {tail[-1][0]}" if tail else "loss       —",
+            f"optimizer  {'included (exact resume)' if state.get('with_optimizer') else 'not included (adapter-only resume)'}",
+            f"saved      {state.get('reason')}",
+            f"continue   loradeck resume {shlex.quote(str(folder))}",
+        ]
+    return lines

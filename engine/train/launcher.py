@@ -1,0 +1,77 @@
+"""Starting training processes detached from the terminal, each owning a run directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import SOURCE_ROOT
+from engine.config import RunConfig, save_config
+from engine.run.control import prepare_control_dir
+from engine.errors import RunError
+from engine.run.events import read_events
+from engine.run.status import RunPaths, trainer_pid
+
+
+def new_run_dir(runs_dir: str | Path, label: str) -> Path:
+    """A fresh, unique `runs_dir/<YYYYmmdd-HHMMSS>-<label>` path (not created)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")[:40] or "run"
+    base = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
+def prepare_run_dir(run_dir: str | Path, config: RunConfig) -> RunPaths:
+    """Create the run directory with its resolved config; refuses a directory with a live trainer or history."""
+    paths = RunPaths(Path(run_dir))
+    if trainer_pid(paths.root) is not None:
+        raise RunError(f"{run_dir}: a trainer is already running here — attach to it, or pick another --run-dir")
+    if paths.events.exists():
+        raise RunError(f"{run_dir}: already holds a run — pick another --run-dir, or `loradeck resume "
+                       f"{run_dir}/handoff` to continue it")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    prepare_control_dir(paths)
+    save_config(config, paths.config)
+    return paths
+
+
+def stage_bundle(bundle: str | Path, run_dir: str | Path) -> Path:
+    """Copy (hard-link) a verified bundle into `RUN_DIR/resumed-from/`, the copy the new run resumes from."""
+    from engine.train.checkpoint import write_linked_folder
+
+    target = Path(run_dir) / "resumed-from"
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return write_linked_folder(target, Path(bundle))
+
+
+def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = None, wait_s: float = 15.0) -> int:
+    """Start `python -m engine.train.worker RUN_DIR` in its own session (immune to SSH hang-ups); returns its pid.
+
+    Waits until the worker has written its pid (or died, which becomes a RunError
+    quoting the worker's own error).
+    """
+    paths = RunPaths(Path(run_dir))
+    command = [sys.executable, "-m", "engine.train.worker", str(paths.root)]
+    if resume_from:
+        command += ["--resume", str(resume_from)]
+    with open(paths.log_file, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True,
+                                   cwd=str(SOURCE_ROOT), env=os.environ.copy())
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if paths.pid_file.exists():
+            return process.pid
+        code = process.poll()
+        if code is not None:
+            errors = [e for e in read_events(paths.events) if e["type"] == "error"]
+            reason = errors[-1]["message"] if errors else f"exit code {code}; see {paths.log_file}"
+            raise RunError(f"the trainer stopped at once: {reason}")
+        time.sleep(0.05)
+    return process.pid

@@ -1,0 +1,187 @@
+"""Will this run fit? An estimate from the config and a measured probe, before any GPU hour is spent.
+
+The estimate adds weights at the chosen precision, LoRA parameters with their
+gradients and AdamW state, and activations for the longest batch after the
+chat template. The probe runs one real forward + backward on that batch and
+measures peak device memory (CUDA) or peak resident memory (CPU) against what
+is free.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
+
+
+@dataclass
+class PreflightReport:
+    """Estimate, measurement and verdict for one config on this machine."""
+
+    device: str
+    dtype: str
+    weights_bytes: int
+    lora_params: int
+    lora_bytes: int  # params + grads + AdamW moments
+    activation_bytes: int
+    estimate_bytes: int
+    longest_tokens: int
+    batch_size: int
+    measured_peak_bytes: int | None
+    available_bytes: int
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bytes_per_weight(dtype) -> float:
+    import torch
+
+    return {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}.get(dtype, 4)
+
+
+def estimate_memory(model_config, lora_params: int, total_params: int, dtype, load_in_4bit: bool,
+                    batch_size: int, tokens: int, gradient_checkpointing: bool) -> tuple[int, int, int]:
+    """(weights, lora incl. grads + AdamW, activations) in bytes, from the model's config alone."""
+    per_weight = _bytes_per_weight(dtype)
+    hidden = getattr(model_config, "hidden_size", 1024)
+    layers = getattr(model_config, "num_hidden_layers", 24)
+    vocab = getattr(model_config, "vocab_size", 32000)
+    intermediate = getattr(model_config, "intermediate_size", 4 * hidden)
+    embedding = vocab * hidden
+    if load_in_4bit:
+        # NF4 with double quant: ~0.53 bytes per linear weight; embeddings stay in the compute dtype.
+        weights = int((total_params - embedding) * 0.53 + embedding * per_weight)
+    else:
+        weights = int(total_params * per_weight)
+    lora = lora_params * 4 * 4  # fp32 weight + grad + two AdamW moments
+    positions = batch_size * tokens
+    if gradient_checkpointing:
+        per_layer = positions * hidden * per_weight * 2
+    else:
+        # attention inputs/outputs, MLP intermediates (gate, up, act) and norms kept for backward
+        per_layer = positions * (10 * hidden + 3 * intermediate) * per_weight
+    logits = positions * vocab * 4 * 3  # fp32 logits, their softmax and the gradient
+    return weights, lora, per_layer * layers + logits
+
+
+def _available(device: str) -> int:
+    import psutil
+
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free + torch.cuda.memory_allocated())
+    return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
+
+
+class _PeakRss:
+    """Samples this process's RSS in a thread; `peak` is the highest seen."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def longest_batch(samples, batch_size: int, pad_token_id: int):
+    """A batch of the `batch_size` longest samples: the worst case the run will meet."""
+    from engine.train.batches import make_collator
+
+    longest = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)[:batch_size]
+    while len(longest) < batch_size:
+        longest.append(longest[0])
+    return make_collator(pad_token_id)([{"input_ids": s.input_ids, "labels": s.labels} for s in longest])
+
+
+def run_preflight(config, *, measure: bool = True, progress=lambda message: None) -> PreflightReport:
+    """Estimate and (unless `measure` is False) measure the memory a run needs, with a verdict."""
+    import torch
+
+    from engine.models.backends import build_peft_model, choose_backend
+    from engine.data.tokenize import prepare_data
+    from engine.models.loading import best_device, choose_dtype
+
+    device = best_device()
+    dtype = choose_dtype(config.model.dtype, device)
+    progress(f"loading {config.model.name} on {device}")
+    model, tokenizer = build_peft_model(config, device, choose_backend(config.backend.name, device), progress)
+    data = prepare_data(config.data, tokenizer, config.train.seed)
+    trainable, total = model.get_nb_trainable_parameters()
+    batch = longest_batch(data.train, config.train.batch_size, tokenizer.pad_token_id)
+    tokens = batch["input_ids"].shape[1]
+    weights, lora, activations = estimate_memory(
+        model.config, trainable, total, dtype, config.model.load_in_4bit, config.train.batch_size, tokens,
+        config.train.gradient_checkpointing)
+    estimate = weights + lora + activations
+    available = _available(device)
+    measured = None
+    if measure:
+        progress(f"probing one forward + backward on the longest batch ({config.train.batch_size} x {tokens} tokens)")
+        if config.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            model(**batch).loss.backward()
+            optimizer.step()
+            measured = int(torch.cuda.max_memory_allocated())
+        else:
+            with _PeakRss() as peak:
+                model(**batch).loss.backward()
+                optimizer.step()
+            measured = int(peak.peak)
+    need = measured if measured is not None else estimate
+    ratio = need / available if available else float("inf")
+    verdict = FITS if ratio < 0.8 else TIGHT if ratio < 0.95 else WONT_FIT
+    reasons = [f"needs {need / 1e9:.2f} GB ({'measured' if measured is not None else 'estimated'}) of "
+               f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
+               f"estimate: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW {lora / 1e9:.3f} GB + activations "
+               f"{activations / 1e9:.2f} GB for {config.train.batch_size} x {tokens} tokens"]
+    suggestions = []
+    if verdict != FITS:
+        if config.train.batch_size > 1:
+            suggestions.append(f"train.batch_size={max(1, config.train.batch_size // 2)} with "
+                               f"train.grad_accum={config.train.grad_accum * 2} (same effective batch, about half "
+                               "the activations)")
+        if not config.train.gradient_checkpointing:
+            suggestions.append("train.gradient_checkpointing=true (~30% slower, far fewer activations)")
+        if not config.model.load_in_4bit:
+            suggestions.append("model.load_in_4bit=true (QLoRA: weights ~4x smaller)")
+        lengths = sorted(len(s.input_ids) for s in data.train)
+        p95 = lengths[int(0.95 * (len(lengths) - 1))]
+        if p95 < tokens:
+            suggestions.append(f"data.max_length={p95} (covers 95% of samples untruncated)")
+    return PreflightReport(device=device, dtype=str(dtype).replace("torch.", ""), weights_bytes=weights,
+                           lora_params=trainable, lora_bytes=lora, activation_bytes=activations,
+                           estimate_bytes=estimate, longest_tokens=tokens, batch_size=config.train.batch_size,
+                           measured_peak_bytes=measured, available_bytes=available, verdict=verdict,
+                           reasons=reasons, suggestions=suggestions)

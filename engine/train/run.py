@@ -1,0 +1,352 @@
+"""One training run from start to finish: load, train, save, and say how it ended, all in the run directory.
+
+`run_training` is what the detached worker and `--foreground` both call. The
+engine adds callbacks, not a hand-written loop (`engine.train.callback`);
+`TrainingRun` holds what the callback and the loop share (paths, events,
+timings, saving, probes) and the hooks the session clock overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.config import RunConfig, dumps_config
+from engine.errors import LoradeckError
+from engine.run.control import prepare_control_dir
+from engine.run.events import EventWriter
+from engine.run.status import RunPaths
+from engine.train.batches import make_collator, planned_steps
+from engine.train.callback import run_directory_callback_class
+from engine.train.checkpoint import remove_stale_staging, write_checkpoint
+from engine.train.sft import build_sft_config, loradeck_trainer_class, to_dataset
+
+LOSS_TAIL = 50
+
+
+PROBE_AT_SAVES = ("first", "periodic", "requested", "final")  # not when stopping for a signal or the deadline
+
+
+class StopFlag:
+    """Why the run should stop at the next step boundary (signal, stop command, deadline)."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.signal_name: str | None = None
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self.signal_name = signal.Signals(signum).name
+            if self.reason is None:
+                self.reason = "stopped"
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+class TrainingRun:
+    """State shared between run_training and the callback: paths, events, timing, saving.
+
+    Subclasses (the session clock) override the hooks `on_train_begin`,
+    `should_stop_after_step`, `after_step` and `handle_command`.
+    """
+
+    def __init__(self, paths: RunPaths, config: RunConfig, events: EventWriter, stop: StopFlag):
+        self.paths = paths
+        self.config = config
+        self.events = events
+        self.stop = stop
+        self.model = None
+        self.trainer = None
+        self.fingerprint: dict[str, Any] = {}
+        self.loss_tail: deque = deque(maxlen=LOSS_TAIL)
+        self.train_rows = 0
+        self.data_files: list = []
+        self.save_seconds: deque = deque(maxlen=20)
+        self.step_seconds: deque = deque(maxlen=20)
+        self.eval_seconds: deque = deque(maxlen=5)
+        self.with_optimizer = config.session.with_optimizer
+        self.last_saved_step = -1
+        self.resumed_from: dict[str, Any] | None = None
+        self.eval_overhead = 0.0
+        self.eval_batches = 0
+        self.tokenizer = None
+        self.probed_step = -1
+
+    def samples_consumed(self, global_step: int) -> int:
+        """Training rows used so far, counting partial last batches of finished epochs exactly."""
+        per_step = self.config.train.batch_size * self.config.train.grad_accum
+        rows = max(self.train_rows, 1)
+        steps_per_epoch = max(1, math.ceil(math.ceil(rows / self.config.train.batch_size) / self.config.train.grad_accum))
+        epochs, steps_in_epoch = divmod(global_step, steps_per_epoch)
+        return epochs * rows + min(steps_in_epoch * per_step, rows)
+
+    def state_dict(self, reason: str) -> dict[str, Any]:
+        state = self.trainer.state
+        return {
+            "format": "loradeck-checkpoint/1",
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "max_steps": state.max_steps,
+            "samples_consumed": self.samples_consumed(state.global_step),
+            "samples_per_epoch": self.train_rows,
+            "data_seed": self.config.train.seed,
+            "data_files": [f.to_dict() for f in self.data_files],
+            "lr": self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None,
+            "lr_schedule_step": state.global_step,
+            "loss_tail": list(self.loss_tail),
+            "base_model": self.fingerprint,
+            "lora": {"r": self.config.lora.r, "alpha": self.config.lora.alpha,
+                     "target_modules": list(self.config.lora.target_modules)},
+            "with_optimizer": self.with_optimizer,
+            "resumed_from": self.resumed_from,
+            "reason": reason,
+            "saved_at": time.time(),
+        }
+
+    def extra_files(self) -> dict[str, Any]:
+        import random
+
+        import numpy
+        import torch
+
+        # The HF Trainer's own resume format, so `train(resume_from_checkpoint=...)` can continue from it.
+        files: dict[str, Any] = {"trainer_state.json": json.dumps(dataclasses.asdict(self.trainer.state), indent=2,
+                                                                  sort_keys=True, default=str) + "\n"}
+        if self.trainer.lr_scheduler is not None:
+            files["scheduler.pt"] = self.trainer.lr_scheduler.state_dict()
+        if self.with_optimizer and self.trainer.optimizer is not None:
+            files["optimizer.pt"] = self.trainer.optimizer.state_dict()
+            rng = {"python": random.getstate(), "cpu": torch.random.get_rng_state(), "numpy": numpy.random.get_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.random.get_rng_state()
+            files["rng_state.pth"] = rng
+        return files
+
+    def save(self, reason: str, *, final: bool = False) -> Path:
+        """Write `checkpoints/step-N`, refresh `handoff/` (and `adapter/` when `final`), atomically, with events."""
+        from engine.train.checkpoint import write_linked_folder
+        from engine.train.handoff import write_handoff
+
+        started = time.monotonic()
+        step = self.trainer.state.global_step
+        target = self.paths.checkpoints / f"step-{step:06d}"
+        state = self.state_dict(reason)
+        write_checkpoint(target, model=self.model, state=state, config_toml=dumps_config(self.config),
+                         extra_files=self.extra_files())
+        handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files)
+        if final:
+            write_linked_folder(self.paths.adapter, target)
+        if reason in PROBE_AT_SAVES:
+            # Inside the timed save on purpose: the session clock then budgets for probes at periodic saves.
+            self.run_probes(step)
+        elapsed = time.monotonic() - started
+        self.save_seconds.append(elapsed)
+        self.last_saved_step = step
+        self.events.emit("checkpoint", step=step, path=str(target), handoff=str(handoff), reason=reason,
+                         seconds=round(elapsed, 3), final=final)
+        self.events.sync()
+        return target
+
+    def run_probes(self, step: int) -> None:
+        """Answer `[probe] prompts` with the adapter as it is now and write one `sample` event (greedy, batched).
+
+        A failure here is a warning, never the end of the run.
+        """
+        prompts = self.config.probe.prompts
+        if not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
+            return
+        from engine.chat.generation import GenerationSettings, answer_batch
+
+        self.probed_step = step
+        started = time.monotonic()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            result = answer_batch(self.model, self.tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                                  GenerationSettings(max_new_tokens=self.config.probe.max_new_tokens))
+        except Exception as exc:  # a probe must never cost the run
+            self.events.emit("warning", step=step, message=f"probe generation failed: {exc}")
+            return
+        finally:
+            self.model.train(was_training)
+        self.events.emit("sample", step=step, seconds=round(time.monotonic() - started, 3),
+                         samples=[{"prompt": prompt, "answer": answer.text}
+                                  for prompt, answer in zip(prompts, result.answers)])
+
+    def has_time_for(self, eval_batches: int) -> bool:
+        """Hook: whether a final eval of `eval_batches` batches fits before the deadline (always, without one)."""
+        return True
+
+    def refuse_start(self) -> str | None:
+        """Hook: why training must not start at all (no session time left), or None."""
+        return None
+
+    def on_train_begin(self, state, control) -> None:
+        """Hook run when the training loop starts (after a resume has restored the state)."""
+
+    def should_stop_after_step(self, state, control, *, save_due: bool) -> str | None:
+        """Hook: a reason to stop now (the session clock's "deadline"), or None to keep training."""
+        return None
+
+    def after_step(self, state, control) -> None:
+        """Hook run at every step end, after commands and periodic saves."""
+
+    def handle_command(self, command: dict[str, Any], state) -> None:
+        """Commands beyond stop/save (the session clock handles `extend`)."""
+        self.events.emit("warning", step=state.global_step,
+                         message=f"'{command['command']}' ignored: this run has no session clock")
+
+    def emit_telemetry(self, step: int) -> None:
+        """One `telemetry` event: GPU devices (N/A without NVML), this process's allocator, host RAM/CPU."""
+        from engine.run.telemetry import collect_telemetry
+
+        self.events.emit("telemetry", step=step, **collect_telemetry())
+
+
+def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,
+                 on_step: Callable[[dict], None] | None = None, run_class: type[TrainingRun] = TrainingRun,
+                 progress: Callable[[str], None] | None = None) -> int:
+    """Train in this process, owning `run_dir`; returns the process exit code.
+
+    Writes every event, checkpoint and the final adapter into the run directory.
+    SIGTERM/SIGINT and `stop` commands save the adapter before returning.
+    """
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    prepare_control_dir(paths)
+    paths.pid_file.write_text(str(os.getpid()))
+    for folder in (paths.root, paths.checkpoints):
+        remove_stale_staging(folder)
+    events = EventWriter(paths.events)
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    say = progress or (lambda message: None)
+    run = run_class(paths, config, events, stop)
+    try:
+        if not paths.config.exists():
+            paths.config.write_text(dumps_config(config), encoding="utf-8")
+        events.emit("started", pid=os.getpid(), model=config.model.name, dataset=config.data.path,
+                    resume_from=str(resume_from) if resume_from else None, host=os.uname().nodename,
+                    python=sys.version.split()[0])
+        return _train(run, resume_from, on_step, say)
+    except LoradeckError as exc:
+        events.emit("error", message=str(exc), kind=type(exc).__name__)
+        say(f"error: {exc}")
+        return exc.exit_code
+    except BaseException as exc:  # the run dir must say why the trainer died
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        if "out of memory" in message.lower():
+            message += " — lower train.batch_size or data.max_length, or set model.load_in_4bit=true"
+        events.emit("error", message=message, step=run.trainer.state.global_step if run.trainer else None,
+                    traceback=traceback.format_exc()[-4000:])
+        say(f"error: {message}")
+        return 1
+    finally:
+        events.close()
+        try:
+            if paths.pid_file.read_text().strip() == str(os.getpid()):
+                paths.pid_file.unlink()
+        except OSError:
+            pass
+
+
+def _train(run: TrainingRun, resume_from, on_step, say) -> int:
+    import torch
+
+    from engine.models.backends import build_peft_model, choose_backend
+    from engine.data.tokenize import prepare_data
+    from engine.models.loading import best_device, choose_dtype
+
+    from engine.models.fingerprint import base_fingerprint, check_fingerprint
+    from engine.train.handoff import describe_data_files
+
+    config, events = run.config, run.events
+    bundle_state = None
+    if resume_from:
+        from engine.train.checkpoint import verify_checkpoint
+
+        bundle_state = verify_checkpoint(resume_from)
+    device = best_device()
+    backend = choose_backend(config.backend.name, device)
+    torch.manual_seed(config.train.seed)
+    say(f"loading {config.model.name} on {device} ({backend.name})")
+    loaded_at = time.monotonic()
+    model, tokenizer = build_peft_model(config, device, backend, say)
+    run.model = model
+    run.tokenizer = tokenizer
+    run.fingerprint = base_fingerprint(model, config.model.name)
+    if bundle_state is not None:
+        check_fingerprint(bundle_state, run.fingerprint)
+    data = prepare_data(config.data, tokenizer, config.train.seed)
+    run.train_rows = len(data.train)
+    run.eval_batches = math.ceil(len(data.eval) / config.train.batch_size)
+    run.data_files = describe_data_files(config)
+    for note in data.notes:
+        events.emit("warning", message=note)
+    torch_dtype = choose_dtype(config.model.dtype, device)
+    trainable, total = model.get_nb_trainable_parameters()
+    max_steps = planned_steps(config, len(data.train))
+    events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
+                dtype=str(torch_dtype).replace("torch.", ""), load_in_4bit=config.model.load_in_4bit,
+                trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
+                data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
+                eval_rows=len(data.eval), max_steps=max_steps)
+    say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
+        f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
+    if run.stop.reason:
+        events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
+        return 0
+
+    sft_config = build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device, torch_dtype)
+    callback = run_directory_callback_class()(run, on_step=on_step)
+    trainer = loradeck_trainer_class()(
+        model=model, args=sft_config, train_dataset=to_dataset(data.train),
+        eval_dataset=to_dataset(data.eval) if data.eval else None, processing_class=tokenizer,
+        data_collator=make_collator(tokenizer.pad_token_id), callbacks=[callback])
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them
+        trainer.remove_callback(noisy)
+    run.trainer = trainer
+    trainer.loradeck_run = run
+    if bundle_state is not None:
+        run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
+                            "host": os.uname().nodename}
+        run.loss_tail.extend(bundle_state.get("loss_tail") or [])
+        events.emit("resumed", step=bundle_state["global_step"], epoch=bundle_state.get("epoch"),
+                    bundle=str(resume_from), with_optimizer=bool(bundle_state.get("with_optimizer")),
+                    loss_tail=bundle_state.get("loss_tail") or [], lr=bundle_state.get("lr"),
+                    samples_consumed=bundle_state.get("samples_consumed"))
+        if bundle_state["global_step"] >= max_steps:
+            events.emit("finished", reason="completed", step=bundle_state["global_step"],
+                        message=f"nothing to do: the bundle is at step {bundle_state['global_step']} of {max_steps}")
+            return 0
+    refusal = run.refuse_start()
+    if refusal:
+        events.emit("finished", reason="deadline", step=bundle_state["global_step"] if bundle_state else 0,
+                    message=refusal)
+        say(refusal)
+        return 0
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    step = trainer.state.global_step
+    reason = run.stop.reason or "completed"
+    if data.eval and config.train.eval_every == 0 and reason == "completed" and run.has_time_for(run.eval_batches):
+        trainer.evaluate()  # the callback's on_evaluate writes the eval event
+    run.save(reason if reason != "completed" else "final", final=True)
+    message = {"completed": f"trained {step} steps",
+               "stopped": f"stopped at step {step} ({run.stop.signal_name or 'stop command'}); adapter saved",
+               "deadline": f"stopped at step {step} before the session deadline; adapter saved"}.get(reason, reason)
+    events.emit("finished", reason=reason, step=step, loss=run.loss_tail[-1][1] if run.loss_tail else None,
+                adapter=str(run.paths.adapter), message=message)
+    say(message)
+    return 0

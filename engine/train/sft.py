@@ -1,0 +1,126 @@
+"""The trainer itself: TRL's `SFTTrainer` with a seed-determined data order, and its config for the device."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.config import RunConfig
+from engine.train.batches import EpochShuffleSampler
+
+if TYPE_CHECKING:
+    from engine.train.run import TrainingRun
+
+
+class _EvalInterrupted(Exception):
+    """Raised inside eval when the run must stop; never escapes the trainer."""
+
+
+def loradeck_trainer_class():
+    """`LoradeckSFTTrainer`, built on first use (TRL is imported only inside a training process)."""
+    from trl import SFTTrainer
+
+    class LoradeckSFTTrainer(SFTTrainer):
+        """SFTTrainer with a seed-determined data order and the model's own loss.
+
+        TRL computes its loss through a fused log-prob head that also feeds entropy
+        and token-accuracy metrics; the model's own cross-entropy is the same loss
+        without that per-step overhead (see bench/train_throughput.py).
+        """
+
+        loradeck_run: TrainingRun | None = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return EpochShuffleSampler(len(dataset), self.args.seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+        def prediction_step(self, *args, **kwargs):
+            if self.loradeck_run is not None and self.loradeck_run.stop.reason:
+                raise _EvalInterrupted()
+            return super().prediction_step(*args, **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            started = time.monotonic()
+            try:
+                return super().evaluate(*args, **kwargs)
+            except _EvalInterrupted:
+                # A signal or the deadline arrived mid-eval: drop the eval, stop, and save now.
+                self.control.should_training_stop = True
+                return {}
+            finally:
+                elapsed = time.monotonic() - started
+                if self.loradeck_run is not None:
+                    self.loradeck_run.eval_seconds.append(elapsed)
+                    self.loradeck_run.eval_overhead += elapsed
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            import torch
+
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is None or os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+                return
+            scheduler_file = os.path.join(checkpoint, "scheduler.pt")
+            if os.path.isfile(scheduler_file) and self.lr_scheduler is not None:
+                # Adapter-only bundle: a fresh optimizer, but the LR schedule continues where it stopped.
+                self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+                for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                    group["lr"] = lr
+
+    return LoradeckSFTTrainer
+
+
+def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype):
+    """SFTConfig with defaults chosen for the device, not TRL's GPU defaults."""
+    import torch
+    from trl import SFTConfig
+
+    report_to = list(config.train.report_to) or "none"
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.train.batch_size,
+        per_device_eval_batch_size=config.train.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        learning_rate=config.train.learning_rate,
+        lr_scheduler_type=config.train.lr_scheduler,
+        warmup_steps=config.train.warmup_steps,
+        weight_decay=config.train.weight_decay,
+        max_grad_norm=config.train.max_grad_norm if config.train.max_grad_norm > 0 else None,
+        num_train_epochs=config.train.epochs,
+        max_steps=config.train.max_steps,
+        logging_steps=config.train.log_every,
+        logging_first_step=True,
+        save_strategy="no",  # checkpoints are ours: atomic, with state.json
+        eval_strategy="steps" if has_eval and config.train.eval_every else "no",
+        eval_steps=config.train.eval_every or None,
+        report_to=report_to,
+        # bf16/fp16 only where the device computes them natively (choose_dtype decided).
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=torch_dtype == torch.float16,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        seed=config.train.seed,
+        data_seed=config.train.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=config.data.max_length,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        save_only_model=True,
+    )
+
+
+def to_dataset(samples):
+    """A `datasets.Dataset` of tokenized samples (input_ids and labels), as the trainer takes it."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]})
+

@@ -1,0 +1,34 @@
+"""The detached training process: `python -m engine.train.worker RUN_DIR [--resume BUNDLE]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the run whose resolved config sits in RUN_DIR/config.toml."""
+    parser = argparse.ArgumentParser(prog="python -m engine.train.worker")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from engine.config import load_config
+    from engine.errors import LoradeckError
+    from engine.run.status import RunPaths
+    from engine.train.session import run_class_for
+    from engine.train.run import run_training
+
+    try:
+        config = load_config(RunPaths(Path(args.run_dir)).config)
+    except LoradeckError as exc:
+        print(f"loradeck worker: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return run_training(args.run_dir, config, resume_from=args.resume, run_class=run_class_for(config),
+                        progress=lambda message: print(message, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

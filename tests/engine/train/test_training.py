@@ -1,0 +1,169 @@
+"""Training on the tiny model: events, adapters that change outputs, QLoRA, atomic checkpoints."""
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.train.checkpoint import complete_checkpoints, read_state, write_checkpoint
+from engine.run.events import read_events
+from engine.train.batches import EpochShuffleSampler
+from engine.train.run import run_training
+from tests.conftest import tiny_config
+
+
+def event_types(run_dir):
+    return [e["type"] for e in read_events(Path(run_dir) / "events.jsonl")]
+
+
+def test_run_writes_events_checkpoints_and_a_plain_peft_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, "train.max_steps=4", "train.save_every=2", "train.eval_every=2")
+    assert run_training(run_dir, config) == 0
+    events = read_events(run_dir / "events.jsonl")
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
+    assert all(e["v"] == 1 and "ts" in e for e in events)
+    steps = [e for e in events if e["type"] == "step"]
+    assert all(isinstance(e["loss"], float) and e["tokens_per_s"] > 0 for e in steps)
+    assert [e["step"] for e in events if e["type"] == "eval"] == [2, 4]
+    assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
+    assert read_state(run_dir / "checkpoints" / "step-000002")["global_step"] == 2
+    assert not (run_dir / "trainer.pid").exists()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    inputs = torch.tensor([[1, 520, 9531, 198, 2683]])
+    with torch.no_grad():
+        before = base(inputs).logits
+    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    with torch.no_grad():
+        after = adapted(inputs).logits
+    assert not torch.allclose(before, after, atol=1e-4), "the trained adapter must change the logits"
+    for key, value in adapted.get_base_model().state_dict().items():
+        clean_key = key.replace(".base_layer", "")
+        if "lora_" not in key and clean_key in reference:
+            assert torch.equal(value, reference[clean_key]), f"base weight {key} changed"
+
+
+def test_loss_decreases_on_the_demo_data(tiny_model_dir, tmp_path):
+    run_training(tmp_path / "run", tiny_config(tiny_model_dir, "train.max_steps=30", "train.batch_size=4",
+                                               "train.lr_scheduler=constant"))
+    losses = [e["loss"] for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "step"]
+    # a random 2-layer base learns slowly under LoRA; step-to-step noise is ~0.1
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.25
+
+
+def test_qlora_4bit_trains_on_cpu(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "qlora"
+    assert run_training(run_dir, tiny_config(tiny_model_dir, "model.load_in_4bit=true", "train.max_steps=2")) == 0
+    events = read_events(run_dir / "events.jsonl")
+    loaded = next(e for e in events if e["type"] == "model_loaded")
+    assert loaded["load_in_4bit"] is True
+    assert all(isinstance(e["loss"], float) for e in events if e["type"] == "step")
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_bad_data_becomes_an_error_event_and_exit_code(tiny_model_dir, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    code = run_training(tmp_path / "run", tiny_config(tiny_model_dir, f"data.path={missing}"))
+    assert code == 2
+    error = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "error"][-1]
+    assert "nope.jsonl: no such file" in error["message"]
+
+
+def test_data_order_is_a_pure_function_of_seed_and_epoch():
+    sampler = EpochShuffleSampler(50, seed=3)
+    first = sampler.order(0)
+    assert sorted(first) == list(range(50))
+    assert EpochShuffleSampler(50, seed=3).order(0) == first
+    assert sampler.order(1) != first
+    sampler.set_epoch(1)
+    assert list(iter(sampler)) == sampler.order(1)
+
+
+class SlowSaveModel:
+    """Writes half an adapter, then hangs: stands in for a save interrupted by SIGKILL."""
+
+    def save_pretrained(self, folder):
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"partial")
+        time.sleep(60)
+
+
+class QuickModel:
+    def save_pretrained(self, folder):
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"complete")
+        (Path(folder) / "adapter_config.json").write_text("{}")
+
+
+def _save_slowly(target):
+    write_checkpoint(Path(target), model=SlowSaveModel(), state={"global_step": 2}, config_toml="")
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    target = tmp_path / "handoff"
+    write_checkpoint(target, model=QuickModel(), state={"global_step": 1}, config_toml="")
+    process = multiprocessing.get_context("fork").Process(target=_save_slowly, args=(str(target),))
+    process.start()
+    deadline = time.time() + 10
+    while not list(tmp_path.glob(".handoff.tmp-*/adapter_model.safetensors")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    assert read_state(target)["global_step"] == 1
+    assert (target / "adapter_model.safetensors").read_bytes() == b"complete"
+
+
+def test_replacing_a_checkpoint_swaps_it_whole(tmp_path):
+    target = tmp_path / "handoff"
+    write_checkpoint(target, model=QuickModel(), state={"global_step": 1}, config_toml="")
+    write_checkpoint(target, model=QuickModel(), state={"global_step": 2}, config_toml="")
+    assert read_state(target)["global_step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["handoff"]
+
+
+@pytest.mark.parametrize("name", ["alpaca_en_demo.json", "identity.json", "glaive_toolcall_en_demo.json",
+                                  "c4_demo.jsonl", "dpo_en_demo.json"])
+def test_trains_on_every_real_world_file(name, tiny_model_dir, tmp_path):
+    from tests.conftest import real_dataset
+
+    path = real_dataset(name)
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, f"data.path={path}", "data.eval_path=", "data.eval_split=0.05",
+                         "train.max_steps=2", "data.max_length=256")
+    assert run_training(run_dir, config) == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert [e["type"] for e in events].count("step") == 2
+    if name == "dpo_en_demo.json":
+        assert any(e["type"] == "warning" and "chosen" in e["message"] for e in events)
+
+
+def test_probes_answer_with_the_adapter_of_each_checkpoint(chatty_model_dir, tmp_path):
+    from engine.chat.generation import ChatModels, GenerationSettings
+
+    run_dir = tmp_path / "run"
+    prompts = ["What is the capital of Peru?", "What is the opposite of 'early'?"]
+    config = tiny_config(chatty_model_dir, "train.max_steps=4", "train.save_every=2", "train.learning_rate=5e-2",
+                         f"probe.prompts={json.dumps(prompts)}", "probe.max_new_tokens=10")
+    assert run_training(run_dir, config) == 0
+    samples = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "sample"]
+    assert [e["step"] for e in samples] == [0, 2, 4]
+    for event in samples:
+        assert [s["prompt"] for s in event["samples"]] == prompts
+    assert samples[0]["samples"] != samples[-1]["samples"], "training changed what the model says"
+    models = ChatModels(str(chatty_model_dir), [run_dir / "checkpoints" / "step-000002"])
+    for sample in samples[1]["samples"]:
+        answer = models.generate(models.labels[1], [{"role": "user", "content": sample["prompt"]}],
+                                 GenerationSettings(max_new_tokens=10))
+        assert answer == sample["answer"], "the probe used the adapter as saved at that checkpoint"
+    assert models.generate("base", [{"role": "user", "content": prompts[0]}],
+                           GenerationSettings(max_new_tokens=10)) == samples[0]["samples"][0]["answer"]

@@ -1,0 +1,67 @@
+"""The `loradeck` command: the parser, the dispatch table and the one-line error rule.
+
+Only the standard library and the command modules (standard library only) are
+imported at module scope, so `loradeck --help` answers at once; each command
+imports the engine (and torch) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tui.cli import chat, inspect, models, runs
+
+DEFAULT_RUNS_DIR = "runs"
+COMMAND_GROUPS = (models, runs, chat, inspect)  # in the order `loradeck --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="loradeck",
+        description="A terminal cockpit for LoRA / QLoRA fine-tuning. Without a command, opens the TUI.")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="folder holding run directories (default: ./runs)")
+    parser.add_argument("--config", "-c", default=None, help="config the TUI's new-run form starts from")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for group in COMMAND_GROUPS:
+        group.add_parsers(sub)
+    return parser
+
+
+def _cmd_tui(args) -> int:
+    from tui.app import LoradeckApp
+
+    LoradeckApp(runs_dir=Path(args.runs_dir), config_path=args.config).run()
+    return 0
+
+
+COMMANDS = {None: _cmd_tui}
+for _group in COMMAND_GROUPS:
+    COMMANDS.update(_group.COMMANDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `loradeck` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("loradeck: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for a person; --debug for the traceback
+        from engine.errors import LoradeckError
+
+        if args.debug:
+            raise
+        if isinstance(exc, LoradeckError):
+            print(f"loradeck: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        print(f"loradeck: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
