@@ -1,0 +1,105 @@
+"""One rule for a run's liveness and one for where its recorded data lives, shared by the CLI and the TUI."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from engine.data.prompts import held_out_prompts
+from engine.run.history import RunHistory
+from engine.run.paths import recorded_data_path, run_data_path
+from engine.run.status import STARTUP_GRACE_S, summarize_run
+
+
+def write_run(run_dir, events, pid=None, config="[model]\nname = \"tiny\"\n"):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config)
+    if events is not None:
+        (run_dir / "events.jsonl").write_text("".join(json.dumps({"v": 1, "ts": time.time(), **e}) + "\n"
+                                                      for e in events))
+    if pid is not None:
+        (run_dir / "trainer.pid").write_text(str(pid))
+    return run_dir
+
+
+def dead_pid() -> int:
+    """The pid of a process that was just SIGKILLed (its pid file would be left behind)."""
+    process = subprocess.Popen(["sleep", "30"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+STARTED = [{"type": "started", "pid": 1}, {"type": "step", "step": 4, "loss": 1.0, "max_steps": 200}]
+
+
+def test_a_sigkilled_trainer_is_lost_for_the_cli_and_the_monitor_alike(tmp_path):
+    run = write_run(tmp_path / "killed", STARTED, pid=dead_pid())
+    history = RunHistory(run)
+    history.poll()
+    assert summarize_run(run).status == "lost"
+    assert history.summary.status == "lost"
+    assert "gone" in history.summary.message
+
+
+def test_a_live_trainer_is_running_for_both(tmp_path):
+    run = write_run(tmp_path / "live", STARTED, pid=os.getpid())
+    history = RunHistory(run)
+    history.poll()
+    assert summarize_run(run).status == history.summary.status == "running"
+    assert history.summary.pid == os.getpid()
+
+
+def test_a_run_prepared_moments_ago_is_starting_and_one_never_started_is_lost(tmp_path):
+    fresh = write_run(tmp_path / "fresh", None)
+    assert summarize_run(fresh).status == "starting"
+    stale = write_run(tmp_path / "stale", [])
+    old = time.time() - STARTUP_GRACE_S - 5
+    os.utime(stale / "config.toml", (old, old))
+    history = RunHistory(stale)
+    history.poll()
+    assert summarize_run(stale).status == history.summary.status == "lost"
+
+
+def test_a_finished_run_without_a_trainer_stays_finished(tmp_path):
+    run = write_run(tmp_path / "done", STARTED + [{"type": "finished", "reason": "completed", "step": 4,
+                                                  "message": "trained 4 steps"}])
+    history = RunHistory(run)
+    history.poll()
+    assert summarize_run(run).status == history.summary.status == "finished"
+
+
+@pytest.fixture
+def data_run(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "r1"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(20)))
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / "sets").mkdir(parents=True)
+    (elsewhere / "sets" / "eval.jsonl").write_text(json.dumps({"instruction": "held", "output": "out"}) + "\n")
+    monkeypatch.chdir(elsewhere)
+    return run
+
+
+def test_recorded_data_paths_resolve_against_the_run_then_the_working_directory(data_run, tmp_path):
+    write_run(data_run, [], config='[data]\npath = "data/train.jsonl"\neval_path = "sets/eval.jsonl"\n')
+    assert recorded_data_path(data_run) == data_run / "data" / "train.jsonl"
+    assert recorded_data_path(data_run, "eval_path").resolve() == (tmp_path / "cwd" / "sets" / "eval.jsonl")
+    assert run_data_path(data_run, str(data_run / "data" / "train.jsonl")) == data_run / "data" / "train.jsonl"
+    assert run_data_path(data_run, "nowhere.jsonl") is None
+    assert run_data_path(data_run, "") is None
+
+
+def test_held_out_prompts_and_the_dataset_screen_find_the_same_file(data_run):
+    write_run(data_run, [], config='[data]\npath = "data/train.jsonl"\neval_path = "sets/eval.jsonl"\n')
+    assert [item.text for item in held_out_prompts(data_run)] == ["held"]
+    write_run(data_run, [], config='[data]\npath = "data/train.jsonl"\neval_split = 0.25\n')
+    assert len(held_out_prompts(data_run)) == 5  # a quarter of the 20 rows, found relative to the run
+
+
+def test_an_unreadable_run_config_has_no_recorded_data(tmp_path):
+    run = write_run(tmp_path / "bad", [], config="this is = = not toml")
+    assert recorded_data_path(run) is None
