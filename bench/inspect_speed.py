@@ -8,7 +8,7 @@ only, no mask, no findings) on the same rows.
 
     python bench/inspect_speed.py [--rows 100000] [--baseline-rows 10000]
 
-Target (issue 6): 100k rows in well under a minute on this 2-core CPU.
+Target: at least the baseline's rows/s (100k rows in about 20 s on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -55,22 +55,28 @@ def main() -> int:
             handle.write(json.dumps(row) + "\n")
     tokenizer = load_tokenizer("smollm2-135m-instruct", progress=lambda message: None)
 
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:args.baseline_rows]]
+
+    def baseline_seconds_per_row() -> float:
+        started = time.perf_counter()
+        lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"]},
+                                                      {"role": "assistant", "content": r["output"]}], tokenize=True))
+                   for r in rows]
+        assert lengths
+        return (time.perf_counter() - started) / len(rows)
+
+    # The baseline runs before and after ours and keeps its faster pass, so machine noise favours the baseline.
+    before = baseline_seconds_per_row()
     started = time.perf_counter()
     report = inspect_dataset(path, tokenizer, model_name="smollm2-135m-instruct", max_length=1024)
     ours = time.perf_counter() - started
-
-    rows = [json.loads(line) for line in path.read_text().splitlines()[:args.baseline_rows]]
-    started = time.perf_counter()
-    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"]},
-                                                  {"role": "assistant", "content": r["output"]}], tokenize=True))
-               for r in rows]
-    baseline_per_row = (time.perf_counter() - started) / len(rows)
-    assert lengths and report.rows == args.rows
+    baseline_per_row = min(before, baseline_seconds_per_row())
+    assert report.rows == args.rows
 
     print(f"inspect   {args.rows:,} rows in {ours:.1f} s = {args.rows / ours:,.0f} rows/s "
           f"(mask, histogram, {len(report.findings)} kinds of finding)")
     print(f"baseline  per-row apply_chat_template(tokenize=True): {1 / baseline_per_row:,.0f} rows/s "
-          f"(timed on {len(rows):,} rows; lengths only)")
+          f"(best of two passes over {len(rows):,} rows; lengths only)")
     print(f"ratio     {args.rows / ours * baseline_per_row:.2f}x the baseline's rows/s")
     return 0
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.data.readers import Conversation, LoadedDataset, load_dataset_file, split_eval, to_conversations
+from engine.data.readers import (Conversation, LoadedDataset, load_dataset_file, split_eval, to_conversations,
+                                 turn_text)
 from engine.data.tokenize import IGNORE_INDEX, TokenizedSample, tokenize_conversations
 from engine.errors import DataError
 
@@ -118,24 +119,27 @@ def _normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
+ASCII_LETTER = re.compile(r"[A-Za-z]")
+NON_ASCII_LETTER = re.compile(r"[^\W\d_A-Za-z]")  # letters outside ASCII
+
+
 def _script(text: str) -> str | None:
     """The dominant writing system of a text (Latin, CJK, Cyrillic, …), None when it has no letters."""
+    sample = text[:2000]
+    if sample.isascii():  # the common case, decided at C speed
+        return "Latin" if ASCII_LETTER.search(sample) else None
     counts: Counter = Counter()
-    letters = 0
-    for char in text[:2000]:
-        if not char.isalpha():
-            continue
-        letters += 1
-        if letters > 400:  # enough to know the script; unicodedata.name is the slow part
-            break
-        if char.isascii():
-            counts["Latin"] += 1
-            continue
+    latin = len(ASCII_LETTER.findall(sample))
+    if latin:
+        counts["Latin"] = latin
+    for char in NON_ASCII_LETTER.findall(sample)[:400]:  # enough to know the script; unicodedata.name is slow
         name = unicodedata.name(char, "")
         if name.startswith(("CJK", "HIRAGANA", "KATAKANA")):
             counts["CJK"] += 1
         elif name.startswith("HANGUL"):
             counts["Hangul"] += 1
+        elif name.startswith("LATIN"):
+            counts["Latin"] += 1
         else:
             counts[name.split(" ")[0].title() if name else "Other"] += 1
     return counts.most_common(1)[0][0] if counts else None
@@ -144,7 +148,7 @@ def _script(text: str) -> str | None:
 def _answers(conversation: Conversation) -> list[str]:
     if conversation.messages is None:
         return [conversation.text or ""]
-    return [m["content"] for m in conversation.messages if m["role"] == "assistant"]
+    return [turn_text(m) for m in conversation.messages if m["role"] == "assistant"]
 
 
 def _prompt(conversation: Conversation) -> str:
@@ -156,7 +160,10 @@ def _prompt(conversation: Conversation) -> str:
 def _all_text(conversation: Conversation) -> str:
     if conversation.messages is None:
         return conversation.text or ""
-    return "\n".join(m["content"] for m in conversation.messages)
+    cached = getattr(conversation, "_all_text", None)  # three checks read it; joining once is enough
+    if cached is None:
+        cached = conversation._all_text = "\n".join(turn_text(m) for m in conversation.messages)
+    return cached
 
 
 class _Collector:

@@ -31,6 +31,8 @@ FORMAT_REASONS = {
     "preference": "columns chosen + rejected (SFT trains on the chosen answers; rejected ones are ignored)",
 }
 
+OPENAI_REASON = "OpenAI chat format: 'messages' with tool calls, tool results or per-turn weights"
+
 
 @dataclass
 class Record:
@@ -48,7 +50,7 @@ class Record:
 class Conversation:
     """A row turned into chat messages (or plain text for the `text` format)."""
 
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None  # role, content; tool_calls, tool_call_id, weight (0) where given
     text: str | None = None
     tools: list | None = None
     source: Record | None = None
@@ -210,6 +212,10 @@ def detect_format(records: list[Record], path: str) -> tuple[str, str]:
     if "chosen" in keys and "rejected" in keys:
         return "preference", FORMAT_REASONS["preference"]
     if "messages" in keys:
+        turns = [turn for record in records[:50] if isinstance(record.data.get("messages"), list)
+                 for turn in record.data["messages"] if isinstance(turn, dict)]
+        if any("tool_calls" in turn or "weight" in turn or "tool_call_id" in turn for turn in turns):
+            return "messages", OPENAI_REASON
         return "messages", FORMAT_REASONS["messages"]
     if "conversations" in keys:
         first = next((r.data["conversations"] for r in records if isinstance(r.data.get("conversations"), list)
@@ -271,7 +277,7 @@ def _require(record: Record, path: str, *names: str) -> None:
         raise DataError(f"{record.where(path)}: missing '{missing[0]}' — this format needs {', '.join(names)}")
 
 
-def _turns_to_messages(turns: Any, where: str, name: str, *, sharegpt: bool) -> list[dict[str, str]]:
+def _turns_to_messages(turns: Any, where: str, name: str, *, sharegpt: bool) -> list[dict[str, Any]]:
     if not isinstance(turns, list):
         raise DataError(f"{where}: '{name}' must be a list of turns, got {type(turns).__name__}")
     messages = []
@@ -293,10 +299,71 @@ def _turns_to_messages(turns: Any, where: str, name: str, *, sharegpt: bool) -> 
                 raise DataError(f"{where}: {name}[{index}]: unknown role '{role}' — use system, user, assistant or "
                                 "tool")
             role = mapped
-        messages.append({"role": role, "content": _text(turn.get(content_key), where, f"{name}[{index}].{content_key}")})
+        here = f"{name}[{index}]"
+        message: dict[str, Any] = {"role": role}
+        if role == "assistant" and turn.get("tool_calls") is not None:
+            message["tool_calls"] = _tool_calls(turn["tool_calls"], where, f"{here}.tool_calls")
+            content = turn.get(content_key)
+            message["content"] = "" if content is None else _text(content, where, f"{here}.{content_key}")
+        else:
+            message["content"] = _text(turn.get(content_key), where, f"{here}.{content_key}")
+        if role == "tool" and turn.get("tool_call_id") is not None:
+            if not isinstance(turn["tool_call_id"], str):
+                raise DataError(f"{where}: {here}.tool_call_id must be a string (the id of the call it answers)")
+            message["tool_call_id"] = turn["tool_call_id"]
+        if "weight" in turn:
+            message.update(_weight(turn["weight"], role, where, here))
+        messages.append(message)
     if not messages:
         raise DataError(f"{where}: '{name}' is an empty list — remove the row or add turns")
     return messages
+
+
+def _tool_calls(value: Any, where: str, name: str) -> list[dict[str, Any]]:
+    """OpenAI-style tool calls, validated, with JSON-string arguments parsed into objects (chat templates expect
+    objects)."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: '{name}' must be a non-empty list of tool calls")
+    calls = []
+    for index, call in enumerate(value):
+        here = f"{name}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise DataError(f"{where}: {here}.function.name is missing — each tool call needs "
+                            "{\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise DataError(f"{where}: {here}.function.arguments is not valid JSON — it must encode an "
+                                "object of argument values") from None
+        if not isinstance(arguments, dict):
+            raise DataError(f"{where}: {here}.function.arguments must be a JSON object, got "
+                            f"{type(arguments).__name__}")
+        entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        calls.append(entry)
+    return calls
+
+
+def _weight(value: Any, role: str, where: str, name: str) -> dict[str, int]:
+    """OpenAI's per-message `weight`: 1 trains an assistant turn (the default), 0 keeps it out of the loss."""
+    if role != "assistant":
+        raise DataError(f"{where}: {name}.weight is set on a '{role}' turn — only assistant turns carry a weight")
+    if isinstance(value, bool) or value not in (0, 1):
+        raise DataError(f"{where}: {name}.weight must be 0 (not trained) or 1 (trained), got {value!r}")
+    return {"weight": 0} if value == 0 else {}
+
+
+def turn_text(message: dict[str, Any]) -> str:
+    """A turn as text: its content, then each tool call as one JSON line ({"name", "arguments"})."""
+    if "tool_calls" not in message:
+        return message["content"]
+    calls = [json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False)
+             for c in message.get("tool_calls") or ()]
+    return "\n".join(part for part in (message["content"], *calls) if part)
 
 
 def _tools(record: Record, where: str) -> list | None:
