@@ -9,6 +9,7 @@ from tests.conftest import REPO
 # Which engine packages each engine package may import (besides itself and the `engine` package root).
 ENGINE_LAYERS = {
     "engine.errors": set(),
+    "engine.library_output": set(),
     "engine.config": {"engine.errors"},
     "engine.run": {"engine.errors", "engine.config"},
     "engine.data": {"engine.errors", "engine.config", "engine.run"},
@@ -16,6 +17,8 @@ ENGINE_LAYERS = {
     "engine.chat": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models"},
     "engine.train": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat"},
 }
+for _package in ("engine.run", "engine.data", "engine.models", "engine.chat", "engine.train"):
+    ENGINE_LAYERS[_package].add("engine.library_output")  # process-wide output routing, used at entry points
 
 
 def module_name(path) -> str:

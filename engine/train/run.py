@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from engine.config import RunConfig, dumps_config
 from engine.errors import LoradeckError
+from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
 from engine.run.status import RunPaths
@@ -316,6 +317,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them
         trainer.remove_callback(noisy)
+    settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
     if bundle_state is not None:

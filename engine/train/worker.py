@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -14,10 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--resume", default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from engine.config import load_config
     from engine.errors import LoradeckError
-    from engine.run.status import RunPaths
+    from engine.library_output import leave_bitsandbytes_unimported, route_library_output
+    from engine.run.paths import RunPaths
     from engine.train.session import run_class_for
     from engine.train.run import run_training
 
@@ -26,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except LoradeckError as exc:
         print(f"loradeck worker: {exc}", file=sys.stderr)
         return exc.exit_code
+    route_library_output(None)  # this process's stderr is RUN_DIR/trainer.log
+    if not config.model.load_in_4bit:
+        leave_bitsandbytes_unimported()
     return run_training(args.run_dir, config, resume_from=args.resume, run_class=run_class_for(config),
                         progress=lambda message: print(message, flush=True))
 

@@ -27,7 +27,10 @@ def _cmd_inspect(args) -> int:
 
     from engine.config import DEFAULT_MODEL, load_config
     from engine.data.inspect import inspect_dataset, write_fixed_copy
+    from engine.library_output import leave_bitsandbytes_unimported
     from engine.models.loading import load_tokenizer
+
+    leave_bitsandbytes_unimported()  # a tokenizer is all inspect loads
 
     config = load_config(args.config) if args.config else None
     model = args.model or (config.model.name if config else DEFAULT_MODEL)

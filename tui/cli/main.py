@@ -8,7 +8,6 @@ imports the engine (and torch) when it runs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -48,7 +47,9 @@ for _group in COMMAND_GROUPS:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `loradeck` console script."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from engine.library_output import default_log_file, route_library_output
+
+    route_library_output(default_log_file(), debug=args.debug)
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:

@@ -106,9 +106,13 @@ def _start_training(args, config, paths, resume_from: Path | None = None) -> int
     from engine.train.launcher import launch_detached
 
     if args.foreground:
-        from engine.train.session import run_class_for
+        from engine.library_output import leave_bitsandbytes_unimported, route_library_output
         from engine.train.run import run_training
+        from engine.train.session import run_class_for
 
+        route_library_output(paths.log_file, debug=args.debug)
+        if not config.model.load_in_4bit:
+            leave_bitsandbytes_unimported()
         print(f"run directory: {paths.root}", flush=True)
         return run_training(paths.root, config, resume_from=resume_from, on_step=_print_step,
                             run_class=run_class_for(config), progress=lambda message: print(message, flush=True))
@@ -225,6 +229,10 @@ def _cmd_preflight(args) -> int:
     from engine.train.preflight import WONT_FIT, run_preflight
 
     config = load_config(args.config, args.overrides)
+    if not config.model.load_in_4bit:
+        from engine.library_output import leave_bitsandbytes_unimported
+
+        leave_bitsandbytes_unimported()
     report = run_preflight(config, measure=not args.no_probe,
                            progress=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
     if args.json:
