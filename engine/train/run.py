@@ -265,7 +265,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     from engine.models.backends import build_peft_model, choose_backend
     from engine.data.tokenize import prepare_data
-    from engine.models.loading import best_device, choose_dtype
+    from engine.models.loading import best_device, dtype_choice
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
     from engine.train.handoff import describe_data_files
@@ -293,16 +293,18 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.data_files = describe_data_files(config)
     for note in data.notes:
         events.emit("warning", message=note)
-    torch_dtype = choose_dtype(config.model.dtype, device)
+    torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
     max_steps = planned_steps(config, len(data.train))
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
-                dtype=str(torch_dtype).replace("torch.", ""), load_in_4bit=config.model.load_in_4bit,
+                dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
+                load_in_4bit=config.model.load_in_4bit,
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
                 eval_rows=len(data.eval), max_steps=max_steps)
     say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
+    say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")
     if run.stop.reason:
         events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
         return 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelError
-from engine.models.loading import (CONVERTED_MARKER, bundled_gguf, choose_dtype, convert_gguf, list_models, resolve_model)
+from engine.models.loading import (CONVERTED_MARKER, bundled_gguf, choose_dtype, convert_gguf, dtype_choice, list_models, resolve_model)
 
 
 def test_bundled_alias_is_found_without_importing_its_package():
@@ -36,11 +36,19 @@ def test_hub_id_offline_gives_one_clear_line(monkeypatch):
     assert "offline" in message and "someone/not-a-cached-model" in message and "\n" not in message
 
 
-def test_auto_dtype_is_fp32_on_cpu():
+def test_auto_dtype_follows_what_the_cpu_computes_natively(monkeypatch):
     import torch
 
-    assert choose_dtype("auto", "cpu") == torch.float32
-    assert choose_dtype("bfloat16", "cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert dtype_choice("auto", "cpu") == (torch.float32, dtype_choice("auto", "cpu")[1])
+    assert "no native bf16" in dtype_choice("auto", "cpu")[1]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": True})
+    dtype, reason = dtype_choice("auto", "cpu")
+    assert dtype == torch.bfloat16 and "avx512_bf16" in reason
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert choose_dtype("auto", "cpu") == torch.bfloat16
+    assert choose_dtype("float32", "cpu") == torch.float32  # a set dtype always wins
+    assert dtype_choice("bfloat16", "cpu") == (torch.bfloat16, "model.dtype = bfloat16 in the config")
 
 
 def test_models_lists_the_converted_default(default_model_dir):

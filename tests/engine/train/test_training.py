@@ -167,3 +167,25 @@ def test_probes_answer_with_the_adapter_of_each_checkpoint(chatty_model_dir, tmp
         assert answer == sample["answer"], "the probe used the adapter as saved at that checkpoint"
     assert models.generate("base", [{"role": "user", "content": prompts[0]}],
                            GenerationSettings(max_new_tokens=10)) == samples[0]["samples"][0]["answer"]
+
+
+def test_auto_dtype_trains_in_bf16_where_the_cpu_has_it_with_fp32_adapters_and_tracks_fp32(tiny_model_dir, tmp_path,
+                                                                                           monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    losses = {}
+    for name, capabilities in (("float32", {"avx2": True}), ("bfloat16", {"avx2": True, "avx512_bf16": True})):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda capabilities=capabilities: capabilities)
+        assert run_training(tmp_path / name, tiny_config(tiny_model_dir, "train.max_steps=8",
+                                                          "train.learning_rate=5e-3")) == 0
+        events = read_events(tmp_path / name / "events.jsonl")
+        loaded = next(e for e in events if e["type"] == "model_loaded")
+        assert loaded["dtype"] == name and loaded["dtype_reason"]
+        losses[name] = [e["loss"] for e in events if e["type"] == "step"]
+        adapter = load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
+        assert {tensor.dtype for tensor in adapter.values()} == {torch.float32}  # LoRA weights stay fp32
+    assert len(losses["bfloat16"]) == len(losses["float32"]) == 8
+    gaps = [abs(a - b) / b for a, b in zip(losses["bfloat16"], losses["float32"])]
+    print(f"bf16 vs fp32 relative loss gap per step: {[round(g, 4) for g in gaps]}")
+    assert max(gaps) < 0.05, gaps  # bf16 rounding, not a different run
