@@ -78,6 +78,8 @@ class TrainSection:
     save_every: int = spec(50, "Checkpoint every N steps (0: only at the end).", minimum=0)
     eval_every: int = spec(50, "Eval loss every N steps (0: only at the end).", minimum=0)
     log_every: int = spec(1, "Write a step event every N steps.", minimum=1)
+    group_by_length: bool = spec(True, "Batch rows of similar length together: less padding, faster steps; "
+                                       "every row still once per epoch, in an order fixed by the seed.")
     report_to: list[str] = spec([], "Extra loggers passed through to TRL, e.g. [\"tensorboard\"].")
 
 

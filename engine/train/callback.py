@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from engine.run.control import take_commands
+from engine.train.batches import padding_share
 
 if TYPE_CHECKING:
     from engine.train.run import TrainingRun
@@ -32,6 +33,7 @@ def run_directory_callback_class():
             self.last_telemetry = 0.0
             self.last_log_time = None
             self.last_log_tokens = 0
+            self.last_batch_tokens = 0
             self.last_step_end = time.monotonic()
             self.on_step = on_step
 
@@ -39,6 +41,7 @@ def run_directory_callback_class():
             self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
             self.last_log_time = time.monotonic()
             self.last_log_tokens = state.num_input_tokens_seen or 0
+            self.last_batch_tokens = self.run.trainer.loradeck_batch_tokens if self.run.trainer else 0
             self.last_step_end = time.monotonic()
             # A resumed TrainerState carries the old run's logging/eval/save intervals; this run's config wins.
             state.compute_steps(args, state.max_steps)
@@ -83,14 +86,17 @@ def run_directory_callback_class():
             tokens = state.num_input_tokens_seen or 0
             elapsed = max(now - (self.last_log_time or now), 1e-9)
             tokens_per_s = (tokens - self.last_log_tokens) / elapsed if tokens else None
-            self.last_log_time, self.last_log_tokens = now, tokens
+            batch_tokens = getattr(self.run.trainer, "loradeck_batch_tokens", 0)
+            padding = padding_share(tokens - self.last_log_tokens, batch_tokens - self.last_batch_tokens) \
+                if tokens else None
+            self.last_log_time, self.last_log_tokens, self.last_batch_tokens = now, tokens, batch_tokens
             loss = float(logs["loss"])
             self.run.loss_tail.append([state.global_step, loss])
             event = self.run.events.emit(
                 "step", step=state.global_step, loss=loss if math.isfinite(loss) else str(loss),
                 lr=logs.get("learning_rate"), grad_norm=_finite(logs.get("grad_norm")),
                 epoch=round(state.epoch or 0.0, 4), tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
-                tokens_seen=tokens, max_steps=state.max_steps)
+                tokens_seen=tokens, padding=padding, max_steps=state.max_steps)
             if self.on_step:
                 self.on_step(event)
 

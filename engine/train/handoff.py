@@ -140,9 +140,14 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
         overrides = ["session.deadline="] + list(overrides)
         notes.append(f"the bundle's session deadline ({original.session.deadline}) belonged to the old session "
                      "and is dropped; pass --deadline or --session for this one")
+    checked = ["batch_size", "grad_accum", "seed", "group_by_length"]
+    if "group_by_length" not in state and not any(o.startswith("train.group_by_length=") for o in overrides):
+        # Saved before batches were grouped by length: replay that run's plain shuffled order.
+        overrides = list(overrides) + ["train.group_by_length=false"]
+        checked.remove("group_by_length")
     config = load_config(folder / "config.toml", list(overrides))
     refuse_incompatible(state, config)
-    for key in ("batch_size", "grad_accum", "seed"):
+    for key in checked:
         before, after = getattr(original.train, key), getattr(config.train, key)
         if before != after:
             notes.append(f"train.{key} changed from {before} to {after}: the data order after step "

@@ -100,6 +100,7 @@ class TrainingRun:
             "samples_consumed": self.samples_consumed(state.global_step),
             "samples_per_epoch": self.train_rows,
             "data_seed": self.config.train.seed,
+            "group_by_length": self.config.train.group_by_length,
             "data_files": [f.to_dict() for f in self.data_files],
             "lr": self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None,
             "lr_schedule_step": state.global_step,
@@ -322,6 +323,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
+    if config.train.group_by_length:
+        trainer.loradeck_lengths = [len(sample.input_ids) for sample in data.train]
     if bundle_state is not None:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
                             "host": os.uname().nodename}

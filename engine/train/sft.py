@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.config import RunConfig
-from engine.train.batches import EpochShuffleSampler
+from engine.train.batches import EpochShuffleSampler, LengthGroupedSampler
 
 if TYPE_CHECKING:
     from engine.train.run import TrainingRun
@@ -31,10 +31,19 @@ def loradeck_trainer_class():
         """
 
         loradeck_run: TrainingRun | None = None
+        loradeck_lengths: list[int] | None = None  # token count per training row: batches grouped by length
+        loradeck_batch_tokens = 0  # tokens in the padded training batches so far (padding included)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.loradeck_lengths is not None and len(self.loradeck_lengths) == len(dataset):
+                return LengthGroupedSampler(self.loradeck_lengths, self.args.per_device_train_batch_size,
+                                            self.args.seed)
             return EpochShuffleSampler(len(dataset), self.args.seed)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.loradeck_batch_tokens += inputs["input_ids"].numel()  # shape only: no device sync
+            return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             from transformers import Trainer

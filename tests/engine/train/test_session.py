@@ -326,3 +326,17 @@ def test_a_final_eval_is_priced_with_the_same_step_and_save_figures_as_the_stop_
     assert clock.final_eval_fits(steps, saves, 3)
     now.t += 1
     assert not clock.final_eval_fits(steps, saves, 3)
+
+
+def test_a_bundle_saved_before_length_grouping_resumes_in_its_own_shuffled_order(tiny_model_dir, tmp_path):
+    from engine.train.handoff import open_bundle
+
+    assert run_training(tmp_path / "run", tiny_config(tiny_model_dir, "train.max_steps=2")) == 0
+    bundle = tmp_path / "run" / "handoff"
+    assert open_bundle(bundle).config.train.group_by_length is True
+    state = json.loads((bundle / "state.json").read_text())
+    del state["group_by_length"]  # what an older loradeck wrote
+    (bundle / "state.json").write_text(json.dumps(state))
+    older = open_bundle(bundle)
+    assert older.config.train.group_by_length is False
+    assert not any("group_by_length" in note for note in older.notes)

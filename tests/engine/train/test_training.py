@@ -13,7 +13,7 @@ from engine.train.checkpoint import complete_checkpoints, read_state, write_chec
 from engine.run.events import read_events
 from engine.train.batches import EpochShuffleSampler
 from engine.train.run import run_training
-from tests.conftest import tiny_config
+from tests.conftest import real_dataset, tiny_config
 
 
 def event_types(run_dir):
@@ -35,6 +35,7 @@ def test_run_writes_events_checkpoints_and_a_plain_peft_adapter(tiny_model_dir, 
     assert all(e["v"] == 1 and "ts" in e for e in events)
     steps = [e for e in events if e["type"] == "step"]
     assert all(isinstance(e["loss"], float) and e["tokens_per_s"] > 0 for e in steps)
+    assert all(0.0 <= e["padding"] < 1.0 for e in steps)  # the share of padding in the step's batches
     assert [e["step"] for e in events if e["type"] == "eval"] == [2, 4]
     assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
     assert read_state(run_dir / "checkpoints" / "step-000002")["global_step"] == 2
@@ -189,3 +190,15 @@ def test_auto_dtype_trains_in_bf16_where_the_cpu_has_it_with_fp32_adapters_and_t
     gaps = [abs(a - b) / b for a, b in zip(losses["bfloat16"], losses["float32"])]
     print(f"bf16 vs fp32 relative loss gap per step: {[round(g, 4) for g in gaps]}")
     assert max(gaps) < 0.05, gaps  # bf16 rounding, not a different run
+
+
+def test_step_events_report_the_padding_that_length_grouping_removes(tiny_model_dir, tmp_path):
+    shares = {}
+    for grouped in ("true", "false"):
+        config = tiny_config(tiny_model_dir, "train.max_steps=12", "train.batch_size=4", "train.learning_rate=1e-4",
+                             f"train.group_by_length={grouped}", "data.eval_split=0", "data.eval_path=",
+                             f"data.path={real_dataset('alpaca_en_demo.json')}", "data.max_length=256")
+        assert run_training(tmp_path / grouped, config) == 0
+        steps = [e for e in read_events(tmp_path / grouped / "events.jsonl") if e["type"] == "step"]
+        shares[grouped] = sum(e["padding"] for e in steps) / len(steps)
+    assert shares["true"] < shares["false"] / 2, shares
