@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -154,6 +155,7 @@ def _nearest(word: str, options: list[str]) -> str:
     return "valid: " + ", ".join(options)
 
 
+MAX_DURATION_S = 366 * 86400  # no session, budget or extension is longer than a year
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
 
 
@@ -170,8 +172,12 @@ def parse_duration(text: str) -> float:
             raise ValueError(f"'{text}' is not a duration (examples: 9h30m, 45m, 120s)") from None
         days, hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
         seconds = days * 86400 + hours * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds):
+        raise ValueError(f"'{text}' is not a finite duration (examples: 9h30m, 45m, 120s)")
     if seconds < 0:
         raise ValueError(f"'{text}' is negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"'{text}' is longer than {MAX_DURATION_S // 86400:.0f} days")
     return seconds
 
 

@@ -53,11 +53,13 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
 
 
 def tiny_config(model_dir, *overrides: str):
-    """A RunConfig training the tiny model on the demo data, fast: a step costs milliseconds."""
+    """A RunConfig training the tiny model on the demo data, fast: a step costs milliseconds.
+
+    fp32 on every CPU, so no test depends on which CPU runs it (`model.dtype=auto` has tests of its own)."""
     from engine.config import load_config
 
     return load_config(SAMPLE_DATA / "configs" / "demo.toml", [
-        f"model.name={model_dir}", "data.max_length=128", "train.batch_size=2", "train.max_steps=3",
+        f"model.name={model_dir}", "model.dtype=float32", "data.max_length=128", "train.batch_size=2", "train.max_steps=3",
         "train.save_every=0", "train.eval_every=0", "train.warmup_steps=0", "probe.prompts=[]",
         "train.learning_rate=1e-2", *overrides])
 

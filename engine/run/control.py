@@ -7,16 +7,35 @@ a hidden temp name and renamed, so the trainer never reads half a command.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
+from engine.config import MAX_DURATION_S
 from engine.errors import RunError
 from engine.run.status import RunPaths, require_run_dir, trainer_pid
 
 COMMANDS = ("stop", "save", "extend")
+COMMAND_FILE_LIMIT = 4096  # bytes; a command is a few dozen
+
+
+def check_command(payload: Any) -> dict[str, Any]:
+    """A command as the trainer may obey it, or ValueError saying why not (used by sender and trainer alike)."""
+    if not isinstance(payload, dict) or payload.get("command") not in COMMANDS:
+        raise ValueError(f"not a command (expected an object with \"command\" one of {', '.join(COMMANDS)})")
+    if payload["command"] == "extend":
+        seconds = payload.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ValueError("extend needs \"seconds\" as a number")
+        if not math.isfinite(seconds) or not 0 < seconds <= MAX_DURATION_S:
+            raise ValueError(f"extend by {seconds!r} seconds refused: give a positive, finite duration up to "
+                             f"{MAX_DURATION_S // 86400:.0f} days")
+    return payload
 
 
 def prepare_control_dir(paths: RunPaths) -> None:
@@ -27,8 +46,10 @@ def prepare_control_dir(paths: RunPaths) -> None:
 
 def send_command(run_dir: str | Path, command: str, **arguments: Any) -> Path:
     """Queue a command for a live trainer; RunError when the run is not running or not ours."""
-    if command not in COMMANDS:
-        raise RunError(f"unknown command '{command}' — use one of {', '.join(COMMANDS)}")
+    try:
+        payload = check_command({"command": command, **arguments})
+    except ValueError as exc:
+        raise RunError(f"{command}: {exc}") from None
     paths = require_run_dir(run_dir)
     if trainer_pid(paths.root) is None:
         raise RunError(f"{run_dir}: no trainer is running for this run (finished, stopped or killed) — "
@@ -40,23 +61,38 @@ def send_command(run_dir: str | Path, command: str, **arguments: Any) -> Path:
     stamp = f"{time.time():.6f}-{os.getpid()}"
     final = paths.control / f"{stamp}-{command}.json"
     tmp = paths.control / f".{stamp}-{command}.tmp"
-    tmp.write_text(json.dumps({"command": command, "ts": time.time(), **arguments}))
+    tmp.write_text(json.dumps({**payload, "ts": time.time()}))
     tmp.rename(final)
     return final
 
 
-def take_commands(paths: RunPaths) -> list[dict[str, Any]]:
-    """Read and delete pending commands in arrival order (trainer side); ignores files of other users."""
+def take_commands(paths: RunPaths) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read and delete pending commands in arrival order (trainer side): (commands to obey, why others were
+    refused). Files of other users are ignored; a malformed command is refused, never fatal."""
     if not paths.control.is_dir():
-        return []
-    commands = []
+        return [], []
+    commands, refused = [], []
     for file in sorted(paths.control.glob("*.json")):
+        payload, owner = None, None
         try:
-            owner = file.stat().st_uid
-            payload = json.loads(file.read_text())
+            info = os.lstat(file)
+            owner = info.st_uid
+            if stat.S_ISREG(info.st_mode):
+                # never follow a link, never wait on a writer, never read more than a command can be
+                handle = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    raw = os.read(handle, COMMAND_FILE_LIMIT + 1)
+                finally:
+                    os.close(handle)
+                payload = json.loads(raw) if len(raw) <= COMMAND_FILE_LIMIT else None
+            file.rmdir() if stat.S_ISDIR(info.st_mode) else file.unlink(missing_ok=True)
         except (OSError, ValueError):
-            payload, owner = None, None
-        file.unlink(missing_ok=True)
-        if owner == os.getuid() and isinstance(payload, dict) and payload.get("command") in COMMANDS:
-            commands.append(payload)
-    return commands
+            with contextlib.suppress(OSError):
+                file.unlink(missing_ok=True)
+        if owner != os.getuid():
+            continue
+        try:
+            commands.append(check_command(payload))
+        except ValueError as exc:
+            refused.append(f"control/{file.name}: {exc}")
+    return commands, refused

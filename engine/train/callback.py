@@ -53,7 +53,10 @@ def run_directory_callback_class():
             # saves (they happen after `last_step_end` is stamped) and not eval (timed on its own).
             run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
             run.eval_overhead = 0.0
-            for command in take_commands(run.paths):
+            commands, refused = take_commands(run.paths)
+            for reason in refused:
+                run.events.emit("warning", step=state.global_step, kind="control", message=f"command ignored: {reason}")
+            for command in commands:
                 run.events.emit("control", step=state.global_step, command=command["command"])
                 if command["command"] == "stop":
                     run.stop.reason = run.stop.reason or "stopped"

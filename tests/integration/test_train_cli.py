@@ -14,7 +14,8 @@ DEMO = str(SAMPLE_DATA / "configs" / "demo.toml")
 
 
 def tiny_sets(model_dir, *extra):
-    sets = [f"model.name={model_dir}", "data.max_length=128", "train.batch_size=2", "train.save_every=0",
+    sets = [f"model.name={model_dir}", "model.dtype=float32", "data.max_length=128", "train.batch_size=2",
+            "train.save_every=0",
             "train.eval_every=0", "probe.prompts=[]", *extra]
     return [arg for item in sets for arg in ("--set", item)]
 

@@ -178,7 +178,7 @@ def test_auto_dtype_trains_in_bf16_where_the_cpu_has_it_with_fp32_adapters_and_t
     losses = {}
     for name, capabilities in (("float32", {"avx2": True}), ("bfloat16", {"avx2": True, "avx512_bf16": True})):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda capabilities=capabilities: capabilities)
-        assert run_training(tmp_path / name, tiny_config(tiny_model_dir, "train.max_steps=8",
+        assert run_training(tmp_path / name, tiny_config(tiny_model_dir, "train.max_steps=8", "model.dtype=auto",
                                                           "train.learning_rate=5e-3")) == 0
         events = read_events(tmp_path / name / "events.jsonl")
         loaded = next(e for e in events if e["type"] == "model_loaded")
