@@ -9,6 +9,7 @@ runs/<run-id>/
   handoff/           newest complete resume bundle
   adapter/           the final adapter (PEFT format)
   trainer.pid        the live trainer's pid
+  trainer.lock       held (flock) by the live trainer for its whole life; holds its pid
   trainer.log        the detached trainer's own output
 ```
 """
@@ -55,6 +56,10 @@ class RunPaths:
     @property
     def pid_file(self) -> Path:
         return self.root / "trainer.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "trainer.lock"
 
     @property
     def log_file(self) -> Path:

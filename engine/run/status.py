@@ -6,6 +6,7 @@ The CLI (`loradeck status`), Home and the monitor all decide "running" versus
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +22,47 @@ STARTUP_GRACE_S = 60.0  # a run directory with no events yet may still be waitin
 LOST_MESSAGE = "the trainer process is gone without a finished event (killed?)"
 
 
+def run_lock_held(paths: RunPaths) -> bool | None:
+    """Whether a live trainer holds the run's lock; None for a run without a lock file (older loradeck).
+
+    The kernel drops a flock when its process dies, SIGKILL included, so this never mistakes a dead trainer for
+    a live one, nor a stranger that inherited its pid.
+    """
+    try:
+        handle = os.open(paths.lock_file, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(handle)
+
+
 def trainer_pid(run_dir: str | Path) -> int | None:
-    """The pid of the run's live trainer process, or None when none is running."""
-    pid_file = RunPaths(Path(run_dir)).pid_file
+    """The pid of the run's live trainer process, or None when none is running.
+
+    The rule: the trainer's lock is held (then the pid it wrote into the lock file). Runs started before the
+    lock existed fall back to the pid file and a signal-0 probe.
+    """
+    paths = RunPaths(Path(run_dir))
+    held = run_lock_held(paths)
+    if held is not None:
+        if not held:
+            return None
+        for source in (paths.lock_file, paths.pid_file):
+            try:
+                return int(source.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return None  # the trainer took the lock a moment ago and has not written its pid yet: still starting
+    pid_file = paths.pid_file
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):

@@ -66,7 +66,7 @@ def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = Non
                                    cwd=str(SOURCE_ROOT), env=os.environ.copy())
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if paths.pid_file.exists():
+        if trainer_pid(paths.root) == process.pid:
             return process.pid
         code = process.poll()
         if code is not None:

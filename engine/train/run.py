@@ -9,6 +9,7 @@ timings, saving, probes) and the hooks the session clock overrides.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.config import RunConfig, dumps_config
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, RunError
 from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
@@ -214,6 +215,33 @@ class TrainingRun:
         self.events.emit("telemetry", step=step, **collect_telemetry())
 
 
+LOCK_WAIT_S = 2.0  # clients probe the lock for microseconds; a second trainer holds it for a whole run
+
+
+def hold_run_lock(paths: RunPaths) -> int:
+    """Take the run directory's trainer lock for this process's life (returns the open descriptor) and write our
+    pid into it; RunError when another live trainer holds it."""
+    try:
+        handle = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RunError(f"{paths.lock_file}: cannot open the run's lock file ({exc.strerror}) — is the run "
+                       "directory writable, and trainer.lock a plain file?") from None
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(handle)
+                raise RunError(f"{paths.root}: another trainer is running in this run directory — attach to it, "
+                               "or pick another --run-dir") from None
+            time.sleep(0.02)
+    os.ftruncate(handle, 0)
+    os.write(handle, str(os.getpid()).encode())
+    return handle
+
+
 def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,
                  on_step: Callable[[dict], None] | None = None, run_class: type[TrainingRun] = TrainingRun,
                  progress: Callable[[str], None] | None = None) -> int:
@@ -224,6 +252,11 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     """
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_run_lock(paths)
+    except RunError as exc:  # another trainer owns this directory: write nothing into it
+        (progress or print)(f"error: {exc}")
+        return exc.exit_code
     prepare_control_dir(paths)
     paths.pid_file.write_text(str(os.getpid()))
     for folder in (paths.root, paths.checkpoints):
@@ -259,6 +292,7 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
                 paths.pid_file.unlink()
         except OSError:
             pass
+        os.close(lock)  # releases the lock: the run is over
 
 
 def _train(run: TrainingRun, resume_from, on_step, say) -> int:

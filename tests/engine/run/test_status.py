@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -103,3 +104,58 @@ def test_held_out_prompts_and_the_dataset_screen_find_the_same_file(data_run):
 def test_an_unreadable_run_config_has_no_recorded_data(tmp_path):
     run = write_run(tmp_path / "bad", [], config="this is = = not toml")
     assert recorded_data_path(run) is None
+
+
+HOLDER = ("import sys, time\nfrom pathlib import Path\nfrom engine.run.paths import RunPaths\n"
+          "from engine.train.run import hold_run_lock\n"
+          "hold_run_lock(RunPaths(Path(sys.argv[1])))\nprint('held', flush=True)\ntime.sleep(120)\n")
+
+
+def start_holder(run_dir):
+    from tests.conftest import REPO
+
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_the_lock_holder_is_running_and_lost_the_moment_it_is_sigkilled(tmp_path):
+    run = write_run(tmp_path / "locked", STARTED)
+    holder = start_holder(run)
+    try:
+        history = RunHistory(run)
+        history.poll()
+        assert summarize_run(run).status == history.summary.status == "running"
+        assert history.summary.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / "trainer.lock").read_text() == str(holder.pid)  # the lock file outlives SIGKILL …
+    history.poll()
+    assert summarize_run(run).status == history.summary.status == "lost"  # … its lock does not
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_trainer(tmp_path):
+    run = write_run(tmp_path / "reused", STARTED, pid=os.getpid())  # a live process, but not the trainer
+    (run / "trainer.lock").write_text(str(os.getpid()))  # nobody holds the lock
+    history = RunHistory(run)
+    history.poll()
+    assert summarize_run(run).status == history.summary.status == "lost"
+
+
+def test_a_second_trainer_on_a_held_run_directory_is_refused_and_writes_nothing(tmp_path, tiny_model_dir):
+    from engine.train.run import run_training
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    holder = start_holder(run)
+    said = []
+    try:
+        code = run_training(run, tiny_config(tiny_model_dir), progress=said.append)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and "another trainer is running in this run directory" in said[0]
+    assert not (run / "events.jsonl").exists() and not (run / "trainer.pid").exists()
