@@ -184,6 +184,11 @@ def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], se
     texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
              for messages in conversations]
     encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    prompt_tokens = encoded["input_ids"].shape[1]
+    if isinstance(context, int) and prompt_tokens + settings.max_new_tokens > context:
+        raise ModelError(f"the conversation is {prompt_tokens:,} tokens; with {settings.max_new_tokens:,} new tokens "
+                         f"it passes the model's context of {context:,} — shorten it or lower max new tokens")
     device = next(model.parameters()).device
     encoded = {k: v.to(device) for k, v in encoded.items()}
     end_ids = {tokenizer.eos_token_id}

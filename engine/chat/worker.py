@@ -74,6 +74,9 @@ def serve(requests: TextIO, emit: _EventSink) -> None:
             except json.JSONDecodeError:
                 emit("error", message=f"unreadable request: {line[:80]}", fatal=False)
                 continue
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                emit("error", message=f"not a request (an object with an \"op\"): {line[:80]}", fatal=False)
+                continue
             if request.get("op") == "cancel":
                 cancel.set()
             else:

@@ -92,6 +92,30 @@ def test_bad_settings_and_unknown_labels_are_clear_errors(models):
         models.answer([Pane("nope", QUESTION)])
 
 
+def test_a_conversation_beyond_the_models_context_is_refused_in_one_line(models):
+    long = [{"role": "user", "content": "word " * 5000}]  # the tiny model reads 1,024 positions
+    with pytest.raises(ModelError) as error:
+        models.answer([Pane(BASE_LABEL, long)], GenerationSettings(max_new_tokens=8))
+    assert "passes the model's context of 1,024" in str(error.value) and "\n" not in str(error.value)
+    fits = [{"role": "user", "content": "word " * 900}]
+    with pytest.raises(ModelError, match="lower max new tokens"):
+        models.answer([Pane(BASE_LABEL, fits)], GenerationSettings(max_new_tokens=200))
+
+
+def test_the_worker_refuses_requests_that_are_not_objects_and_keeps_reading():
+    import io
+
+    from engine.chat.worker import serve
+
+    events = []
+    requests = io.StringIO('[1, 2]\n"stop"\n{"op": 5}\nnot json\n{"op": "generate", "id": 7, "panes": []}\n')
+    serve(requests, lambda event, **fields: events.append({"event": event, **fields}))
+    messages = [e["message"] for e in events if e["event"] == "error"]
+    assert len(messages) == 5
+    assert sum("not a request" in m for m in messages) == 3 and "unreadable request" in messages[3]
+    assert messages[4] == "no model loaded yet"  # the reader survived every bad line and served the last one
+
+
 def test_word_diff_marks_what_changed():
     from engine.chat.generation import word_diff
 
