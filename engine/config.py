@@ -75,7 +75,7 @@ class TrainSection:
     weight_decay: float = spec(0.0, "AdamW weight decay.", minimum=0.0)
     max_grad_norm: float = spec(1.0, "Gradient clipping norm (0 turns clipping off).", minimum=0.0)
     gradient_checkpointing: bool = spec(False, "Recompute activations in backward: ~30% slower, far less activation memory.")
-    seed: int = spec(42, "Seed for LoRA init and data order.")
+    seed: int = spec(42, "Seed for LoRA init and data order.", minimum=0, maximum=2**32 - 1)
     save_every: int = spec(50, "Checkpoint every N steps (0: only at the end).", minimum=0)
     eval_every: int = spec(50, "Eval loss every N steps (0: only at the end).", minimum=0)
     log_every: int = spec(1, "Write a step event every N steps.", minimum=1)

@@ -107,3 +107,15 @@ def test_readme_config_reference_matches_the_config_model():
     readme = (REPO / "README.md").read_text()
     section = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     assert section.strip() == config_reference_markdown().strip(), "regenerate with: python -m engine.config"
+
+
+def test_a_seed_beyond_32_bits_is_a_config_error_naming_the_limit():
+    import pytest
+
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="above the maximum 4294967295"):
+        load_config(None, [f"train.seed={2**64}"])
+    with pytest.raises(ConfigError, match="below the minimum 0"):
+        load_config(None, ["train.seed=-1"])
+    assert load_config(None, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1

@@ -8,6 +8,7 @@ imports the engine (and torch) when it runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     route_library_output(default_log_file(), debug=args.debug)
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # here, not at exit, so a reader that went away is handled below
+        return code
+    except BrokenPipeError:
+        # The reader (`| head`) has gone: stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("loradeck: interrupted", file=sys.stderr)
         return 130
