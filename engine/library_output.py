@@ -86,15 +86,15 @@ def settle_library_loggers() -> None:
         logger.propagate = True
 
 
-def leave_bitsandbytes_unimported() -> bool:
-    """Keep bitsandbytes out of a process that will load no 4-bit weights; returns whether it is kept out.
+def leave_bitsandbytes_unimported(load_in_4bit: bool = False) -> bool:
+    """Keep bitsandbytes out of a process that will load no 4-bit weights (a no-op when `load_in_4bit`); returns
+    whether it is kept out.
 
     peft imports bitsandbytes whenever it is installed, and on CPUs with AVX-512 BF16 bitsandbytes logs a
-    warning at import; importing it also costs time. Call this at a process's entry point, once the config
-    says no 4-bit, before peft is imported: marking the module absent makes every "is bitsandbytes
+    warning at import; importing it also costs time. Call this at a process's entry point with the config's
+    4-bit setting, before peft is imported: marking the module absent makes every "is bitsandbytes
     available?" check answer no. Too late (already imported) is a no-op.
     """
-    if "bitsandbytes" in sys.modules:
-        return sys.modules["bitsandbytes"] is None
-    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # import machinery's "known absent"
-    return True
+    if not load_in_4bit and "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # import machinery's "known absent"
+    return "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None

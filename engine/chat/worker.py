@@ -92,8 +92,7 @@ def serve(requests: TextIO, emit: _EventSink) -> None:
             return
         try:
             if op == "load":
-                if not request.get("load_in_4bit"):
-                    leave_bitsandbytes_unimported()
+                leave_bitsandbytes_unimported(bool(request.get("load_in_4bit")))
                 emit("status", message=f"loading {request['base']}…")
                 models = ChatModels(request["base"], [], load_in_4bit=bool(request.get("load_in_4bit")),
                                     progress=lambda message: emit("status", message=message))

@@ -160,10 +160,7 @@ def _prompt(conversation: Conversation) -> str:
 def _all_text(conversation: Conversation) -> str:
     if conversation.messages is None:
         return conversation.text or ""
-    cached = getattr(conversation, "_all_text", None)  # three checks read it; joining once is enough
-    if cached is None:
-        cached = conversation._all_text = "\n".join(turn_text(m) for m in conversation.messages)
-    return cached
+    return "\n".join(turn_text(m) for m in conversation.messages)
 
 
 class _Collector:
@@ -209,7 +206,7 @@ FINDING_TEXT = {
 }
 
 
-def _check_conversation(number: int, conversation: Conversation, found: _Collector) -> None:
+def _check_conversation(number: int, conversation: Conversation, text: str, found: _Collector) -> None:
     if conversation.messages is None:
         return
     roles = [m["role"] for m in conversation.messages]
@@ -228,26 +225,25 @@ def _check_conversation(number: int, conversation: Conversation, found: _Collect
     last = answers[-1].strip() if answers else ""
     if len(last) > 40 and not ENDS_CLEANLY.search(last) and last[-1].isalnum():
         found.add("mid_sentence", number)
-    text = _all_text(conversation)
     if PLACEHOLDER.search(text):
         found.add("placeholder", number)
     if HTML_JUNK.search(text):
         found.add("html", number)
 
 
-def _duplicates(numbers: list[int], conversations: list[Conversation], found: _Collector) -> None:
+def _duplicates(numbers: list[int], conversations: list[Conversation], texts: list[str], found: _Collector) -> None:
     exact: dict[str, int] = {}
     near: dict[str, int] = {}
     answer_prompts: dict[str, set[str]] = defaultdict(set)
     answer_rows: dict[str, list[int]] = defaultdict(list)
-    for number, conversation in zip(numbers, conversations):
+    for number, conversation, text in zip(numbers, conversations, texts):
         whole = json.dumps(conversation.messages, ensure_ascii=False, sort_keys=True) \
             if conversation.messages is not None else conversation.text or ""
         if whole in exact:
             found.add("duplicate", number)
             continue
         exact[whole] = number
-        normalized = _normalize(_all_text(conversation))
+        normalized = _normalize(text)
         if normalized and normalized in near:
             found.add("near_duplicate", number)
         near.setdefault(normalized, number)
@@ -272,8 +268,8 @@ def _long_answers(numbers: list[int], conversations: list[Conversation], found: 
             found.add("long_answer", number)
 
 
-def _scripts(numbers: list[int], conversations: list[Conversation], found: _Collector) -> str | None:
-    scripts = {number: _script(_all_text(c)) for number, c in zip(numbers, conversations)}
+def _scripts(numbers: list[int], texts: list[str], found: _Collector) -> str | None:
+    scripts = {number: _script(text) for number, text in zip(numbers, texts)}
     counted = Counter(s for s in scripts.values() if s)
     if not counted:
         return None
@@ -341,11 +337,12 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
         say("tokenizing", 0.1 + 0.7 * min(1.0, (begin + chunk) / max(1, len(conversations))))
     say("checking", 0.85)
     found = _Collector()
-    for number, conversation in zip(numbers, conversations):
-        _check_conversation(number, conversation, found)
-    _duplicates(numbers, conversations, found)
+    texts = [_all_text(conversation) for conversation in conversations]  # three checks read every row's text
+    for number, conversation, text in zip(numbers, conversations, texts):
+        _check_conversation(number, conversation, text, found)
+    _duplicates(numbers, conversations, texts, found)
     _long_answers(numbers, conversations, found)
-    main_script = _scripts(numbers, conversations, found)
+    main_script = _scripts(numbers, texts, found)
     _system_prompts(numbers, conversations, found)
     if mode == "completions":
         _eos_check(tokenizer, samples, found)

@@ -460,7 +460,7 @@ def to_conversations(dataset: LoadedDataset, system_prompt: str = "") -> list[Co
     return [to_conversation(record, dataset.format, dataset.path, system_prompt) for record in dataset.records]
 
 
-# ---------------------------------------------------------------- tokenizing with a loss mask
+# ---------------------------------------------------------------- held-out split
 
 def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
     """A deterministic (train, held-out) split: `fraction` of the rows, at least one when fraction > 0."""

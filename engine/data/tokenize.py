@@ -17,6 +17,8 @@ from engine.data.readers import Conversation, load_dataset_file, split_eval, to_
 from engine.errors import DataError
 
 IGNORE_INDEX = -100
+
+
 @dataclass
 class TokenizedSample:
     """Token ids, labels (IGNORE_INDEX where masked) and bookkeeping for one sample."""
@@ -167,9 +169,10 @@ def render(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, 
         if spans is not None:
             if shape.checked < _ROWS_TO_CHECK:
                 shape.checked += 1
-                if spans != _exact_spans(tokenizer, messages, kwargs, full, turns):
+                exact = _exact_spans(tokenizer, messages, kwargs, full, turns)
+                if spans != exact:
                     shape.trusted = False  # this template is not as simple as its probe looked
-                    return full, _exact_spans(tokenizer, messages, kwargs, full, turns)
+                    return full, exact
             return full, spans
     return full, _exact_spans(tokenizer, messages, kwargs, full, turns)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from engine.config import MAX_DURATION_S
 from engine.errors import RunError
-from engine.run.status import RunPaths, require_run_dir, trainer_pid
+from engine.run.paths import RunPaths, require_run_dir
+from engine.run.status import trainer_pid
 
 COMMANDS = ("stop", "save", "extend")
 COMMAND_FILE_LIMIT = 4096  # bytes; a command is a few dozen
@@ -85,7 +86,10 @@ def take_commands(paths: RunPaths) -> tuple[list[dict[str, Any]], list[str]]:
                 finally:
                     os.close(handle)
                 payload = json.loads(raw) if len(raw) <= COMMAND_FILE_LIMIT else None
-            file.rmdir() if stat.S_ISDIR(info.st_mode) else file.unlink(missing_ok=True)
+            if stat.S_ISDIR(info.st_mode):
+                file.rmdir()
+            else:
+                file.unlink(missing_ok=True)
         except (OSError, ValueError):
             with contextlib.suppress(OSError):
                 file.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.errors import RunError
 from engine.run.events import read_events
 from engine.run.paths import RunPaths, require_run_dir
 
@@ -45,6 +46,33 @@ def run_lock_held(paths: RunPaths) -> bool | None:
         os.close(handle)
 
 
+LOCK_WAIT_S = 2.0  # clients probe the lock for microseconds; a second trainer holds it for a whole run
+
+
+def hold_run_lock(paths: RunPaths) -> int:
+    """Take the run directory's trainer lock for this process's life (returns the open descriptor) and write our
+    pid into it; RunError when another live trainer holds it."""
+    try:
+        handle = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RunError(f"{paths.lock_file}: cannot open the run's lock file ({exc.strerror}) — is the run "
+                       "directory writable, and trainer.lock a plain file?") from None
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(handle)
+                raise RunError(f"{paths.root}: another trainer is running in this run directory — attach to it, "
+                               "or pick another --run-dir") from None
+            time.sleep(0.02)
+    os.ftruncate(handle, 0)
+    os.write(handle, str(os.getpid()).encode())
+    return handle
+
+
 def trainer_pid(run_dir: str | Path) -> int | None:
     """The pid of the run's live trainer process, or None when none is running.
 
@@ -56,12 +84,10 @@ def trainer_pid(run_dir: str | Path) -> int | None:
     if held is not None:
         if not held:
             return None
-        for source in (paths.lock_file, paths.pid_file):
-            try:
-                return int(source.read_text().strip())
-            except (OSError, ValueError):
-                continue
-        return None  # the trainer took the lock a moment ago and has not written its pid yet: still starting
+        try:
+            return int(paths.lock_file.read_text().strip())
+        except (OSError, ValueError):
+            return None  # the trainer took the lock a moment ago and has not written its pid yet: still starting
     pid_file = paths.pid_file
     try:
         pid = int(pid_file.read_text().strip())

@@ -14,7 +14,8 @@ from engine.config import RunConfig, save_config
 from engine.run.control import prepare_control_dir
 from engine.errors import RunError
 from engine.run.events import read_events
-from engine.run.status import RunPaths, trainer_pid
+from engine.run.paths import RunPaths
+from engine.run.status import trainer_pid
 
 
 def new_run_dir(runs_dir: str | Path, label: str) -> Path:

@@ -9,7 +9,6 @@ timings, saving, probes) and the hooks the session clock overrides.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -26,7 +25,8 @@ from engine.errors import LoradeckError, RunError
 from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
-from engine.run.status import RunPaths
+from engine.run.paths import RunPaths
+from engine.run.status import hold_run_lock
 from engine.train.batches import make_collator, planned_steps
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import remove_stale_staging, write_checkpoint
@@ -213,33 +213,6 @@ class TrainingRun:
         from engine.run.telemetry import collect_telemetry
 
         self.events.emit("telemetry", step=step, **collect_telemetry())
-
-
-LOCK_WAIT_S = 2.0  # clients probe the lock for microseconds; a second trainer holds it for a whole run
-
-
-def hold_run_lock(paths: RunPaths) -> int:
-    """Take the run directory's trainer lock for this process's life (returns the open descriptor) and write our
-    pid into it; RunError when another live trainer holds it."""
-    try:
-        handle = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise RunError(f"{paths.lock_file}: cannot open the run's lock file ({exc.strerror}) — is the run "
-                       "directory writable, and trainer.lock a plain file?") from None
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(handle)
-                raise RunError(f"{paths.root}: another trainer is running in this run directory — attach to it, "
-                               "or pick another --run-dir") from None
-            time.sleep(0.02)
-    os.ftruncate(handle, 0)
-    os.write(handle, str(os.getpid()).encode())
-    return handle
 
 
 def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,

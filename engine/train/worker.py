@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loradeck worker: {exc}", file=sys.stderr)
         return exc.exit_code
     route_library_output(None)  # this process's stderr is RUN_DIR/trainer.log
-    if not config.model.load_in_4bit:
-        leave_bitsandbytes_unimported()
+    leave_bitsandbytes_unimported(config.model.load_in_4bit)
     return run_training(args.run_dir, config, resume_from=args.resume, run_class=run_class_for(config),
                         progress=lambda message: print(message, flush=True))
 

@@ -70,11 +70,11 @@ def _cmd_chat(args) -> int:
         LoradeckApp(Path(args.runs_dir), args.config, chat=(base, args.adapter, args.load_in_4bit or run_4bit)).run()
         return 0
     prompts = _chat_prompts(args)
-    if not (args.load_in_4bit or run_4bit):
-        from engine.library_output import leave_bitsandbytes_unimported
+    from engine.library_output import leave_bitsandbytes_unimported
 
-        leave_bitsandbytes_unimported()
-    models = ChatModels(base, args.adapter, load_in_4bit=args.load_in_4bit or run_4bit)
+    load_in_4bit = args.load_in_4bit or run_4bit
+    leave_bitsandbytes_unimported(load_in_4bit)
+    models = ChatModels(base, args.adapter, load_in_4bit=load_in_4bit)
     labels = [label for label in models.labels if label != BASE_LABEL]
     if args.compare or not labels:
         labels.insert(0, BASE_LABEL)

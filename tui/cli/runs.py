@@ -111,8 +111,7 @@ def _start_training(args, config, paths, resume_from: Path | None = None) -> int
         from engine.train.session import run_class_for
 
         route_library_output(paths.log_file, debug=args.debug)
-        if not config.model.load_in_4bit:
-            leave_bitsandbytes_unimported()
+        leave_bitsandbytes_unimported(config.model.load_in_4bit)
         print(f"run directory: {paths.root}", flush=True)
         return run_training(paths.root, config, resume_from=resume_from, on_step=_print_step,
                             run_class=run_class_for(config), progress=lambda message: print(message, flush=True))
@@ -229,10 +228,9 @@ def _cmd_preflight(args) -> int:
     from engine.train.preflight import WONT_FIT, run_preflight
 
     config = load_config(args.config, args.overrides)
-    if not config.model.load_in_4bit:
-        from engine.library_output import leave_bitsandbytes_unimported
+    from engine.library_output import leave_bitsandbytes_unimported
 
-        leave_bitsandbytes_unimported()
+    leave_bitsandbytes_unimported(config.model.load_in_4bit)
     report = run_preflight(config, measure=not args.no_probe,
                            progress=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
     if args.json:
@@ -315,7 +313,7 @@ def _cmd_save(args) -> int:
 
 
 def _cmd_attach(args) -> int:
-    from engine.run.status import require_run_dir
+    from engine.run.paths import require_run_dir
     from tui.app import LoradeckApp
 
     paths = require_run_dir(args.run_dir)

@@ -107,7 +107,7 @@ def test_an_unreadable_run_config_has_no_recorded_data(tmp_path):
 
 
 HOLDER = ("import sys, time\nfrom pathlib import Path\nfrom engine.run.paths import RunPaths\n"
-          "from engine.train.run import hold_run_lock\n"
+          "from engine.run.status import hold_run_lock\n"
           "hold_run_lock(RunPaths(Path(sys.argv[1])))\nprint('held', flush=True)\ntime.sleep(120)\n")
 
 
