@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("started", "model_loaded", "step", "eval", "telemetry", "checkpoint", "sample", "deadline",
@@ -19,17 +19,25 @@ EVENT_TYPES = ("started", "model_loaded", "step", "eval", "telemetry", "checkpoi
 
 
 class EventWriter:
-    """Appends events to `events.jsonl`, one flushed line each."""
+    """Appends events to `events.jsonl`, one flushed line each.
 
-    def __init__(self, path: str | Path):
+    `observer(event, offset)` is called after each append with the log's size after it (the run's summary
+    snapshot follows the log this way).
+    """
+
+    def __init__(self, path: str | Path, observer: Callable[[dict[str, Any], int], None] | None = None):
         self.path = Path(path)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._handle = os.fdopen(descriptor, "ab")
+        self.observer = observer
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Append one event and flush it, so a reader sees whole lines only."""
         event = {"v": SCHEMA_VERSION, "ts": round(time.time(), 3), "type": event_type, **fields}
-        self._handle.write(json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n")
+        self._handle.write((json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n").encode())
         self._handle.flush()
+        if self.observer is not None:
+            self.observer(event, self._handle.tell())
         return event
 
     def sync(self) -> None:
@@ -56,13 +64,26 @@ class EventTail:
     """Reads events appended since the last call, keeping a byte offset.
 
     A partial last line (a writer mid-append) is left for the next call; a line
-    that is not valid JSON is skipped and counted in `bad_lines`.
+    that is not valid JSON is skipped and counted in `bad_lines`, and so is a line
+    longer than a whole read (`limit_bytes`), which is never held in memory.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, offset: int = 0):
         self.path = Path(path)
-        self.offset = 0
+        self.offset = offset
         self.bad_lines = 0
+        self._skipping = False  # inside an over-long line: drop bytes up to its end
+
+    def size(self) -> int:
+        """The log's current size in bytes (0 when it does not exist yet)."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def behind(self) -> int:
+        """Bytes of log not read yet."""
+        return max(0, self.size() - self.offset)
 
     def read_new(self, limit_bytes: int | None = None) -> list[dict[str, Any]]:
         """Every complete event appended since the previous call (up to `limit_bytes` of log)."""
@@ -72,8 +93,20 @@ class EventTail:
                 chunk = handle.read() if limit_bytes is None else handle.read(limit_bytes)
         except FileNotFoundError:
             return []
+        if self._skipping:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                self.offset += len(chunk)
+                return []
+            self._skipping = False
+            self.offset += newline + 1
+            chunk = chunk[newline + 1:]
         end = chunk.rfind(b"\n")
         if end < 0:
+            if limit_bytes is not None and len(chunk) >= limit_bytes:
+                self.bad_lines += 1
+                self._skipping = True
+                self.offset += len(chunk)
             return []
         self.offset += end + 1
         events = []
@@ -92,6 +125,20 @@ class EventTail:
         return events
 
 
+READ_CHUNK = 8 << 20
+
+
+def iter_events(path: str | Path, offset: int = 0) -> Iterator[dict[str, Any]]:
+    """Every complete event from `offset` on, read in bounded chunks (memory stays small on a huge log)."""
+    tail = EventTail(path, offset)
+    while True:
+        before = tail.offset
+        events = tail.read_new(READ_CHUNK)
+        yield from events
+        if tail.offset == before:
+            return
+
+
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """Every event in a log, in order."""
-    return EventTail(path).read_new()
+    return list(iter_events(path))

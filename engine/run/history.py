@@ -1,7 +1,10 @@
 """A run's history, followed incrementally: what a monitor needs, never re-reading the whole log.
 
 `RunHistory.poll()` reads only the bytes appended since the last call (via
-EventTail) and folds each event into the summary and the plotted series.
+EventTail) and folds each event into the summary and the plotted series. A long
+log is caught up in time-boxed slices; until then the summary shown is the
+trainer's snapshot (`summary.json`), or a `loading` status, never a guess from a
+half-read log.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from engine.run.alerts import Alert, detect_alerts
 from engine.run.events import EventTail
 from engine.run.paths import RunPaths, require_run_dir
-from engine.run.status import RunSummary, apply_event, prepared_at, settle_liveness, trainer_pid
+from engine.run.status import RunSummary, apply_event, load_snapshot, prepared_at, settle_liveness, trainer_pid
 
 TELEMETRY_HISTORY = 720   # one hour at the trainer's 5 s telemetry rate
 LOG_KINDS = ("started", "model_loaded", "resumed", "checkpoint", "warning", "control", "error", "finished")
@@ -69,13 +72,24 @@ class Series:
         return len(self.steps)
 
 
-class RunHistory:
-    """Summary, curves, telemetry and log lines of one run directory, updated by `poll()`."""
+LOADING_BEHIND_BYTES = 1 << 20  # more unread log than this after a poll: the history is still loading
 
-    def __init__(self, run_dir: str | Path):
+
+class RunHistory:
+    """Summary, curves, telemetry and log lines of one run directory, updated by `poll()`.
+
+    `curves=False` (Home's run list) starts from the snapshot's offset and keeps only the summary current.
+    """
+
+    def __init__(self, run_dir: str | Path, *, curves: bool = True):
         self.paths: RunPaths = require_run_dir(run_dir)
-        self.summary = RunSummary(run_id=self.paths.root.name, path=str(self.paths.root))
+        self.folded = RunSummary(run_id=self.paths.root.name, path=str(self.paths.root))
+        snapshot = load_snapshot(self.paths)
+        self.snapshot, self.snapshot_offset = snapshot if snapshot else (None, 0)
         self.tail = EventTail(self.paths.events)
+        if not curves and self.snapshot is not None:
+            self.folded, self.tail.offset = self.snapshot, self.snapshot_offset
+        self.loading = self.tail.behind() > LOADING_BEHIND_BYTES
         self.loss, self.eval_loss, self.lr = Series(), Series(), Series()
         self.grad_norm, self.tokens_per_s = Series(), Series()
         self.telemetry: deque = deque(maxlen=TELEMETRY_HISTORY)
@@ -91,20 +105,46 @@ class RunHistory:
         self.first_samples: dict[str, Any] | None = None  # probe answers before (or at the start of) training
         self.latest_samples: dict[str, Any] | None = None
 
-    def poll(self, limit_bytes: int | None = 4 << 20) -> int:
-        """Fold newly appended events in; returns how many. Also refreshes liveness."""
-        events = self.tail.read_new(limit_bytes)
-        for event in events:
-            self._apply(event)
-        self.events_seen += len(events)
-        settle_liveness(self.summary, trainer_pid(self.paths.root), created_at=prepared_at(self.paths))
-        if events and len(self.loss) != self._alerts_at:
+    @property
+    def summary(self) -> RunSummary:
+        """What to show: the folded summary once the log is read up to the snapshot; before that the snapshot,
+        or (no snapshot) a `loading` copy saying how much is left."""
+        if self.tail.offset >= self.snapshot_offset and not (self.loading and self.snapshot is None):
+            return self.folded
+        if self.snapshot is not None:
+            return self.snapshot
+        shown = RunSummary(**{**self.folded.to_dict(), "warnings": list(self.folded.warnings)})
+        shown.status = "loading"
+        shown.message = f"reading the event log ({self.tail.behind() / 1e6:.0f} MB left)"
+        return shown
+
+    def poll(self, limit_bytes: int = 4 << 20, budget_s: float = 0.15) -> int:
+        """Fold newly appended events in, in slices of `limit_bytes`, for at most about `budget_s` seconds;
+        returns how many. Also refreshes liveness."""
+        started = time.monotonic()
+        count = 0
+        while True:
+            before = self.tail.offset
+            events = self.tail.read_new(limit_bytes)
+            for event in events:
+                self._apply(event)
+            count += len(events)
+            if self.tail.offset == before or time.monotonic() - started >= budget_s:
+                break
+        self.events_seen += count
+        self.loading = self.tail.behind() > LOADING_BEHIND_BYTES
+        pid = trainer_pid(self.paths.root)
+        created_at = prepared_at(self.paths)
+        for summary in (self.folded, self.snapshot):
+            if summary is not None:
+                settle_liveness(summary, pid, created_at=created_at)
+        if count and len(self.loss) != self._alerts_at and not self.loading:
             self._alerts_at = len(self.loss)
             self.alerts = detect_alerts(self.loss.pairs(last=200), self.eval_loss.pairs(last=50))
-        return len(events)
+        return count
 
     def _apply(self, event: dict[str, Any]) -> None:
-        apply_event(self.summary, event)
+        apply_event(self.folded, event)
         kind, step = event.get("type"), event.get("step")
         if kind == "step":
             self.loss.add(step, event.get("loss"))
@@ -151,11 +191,12 @@ class RunHistory:
 
     def time_left(self, now: float | None = None) -> float | None:
         """Session seconds left: live from the deadline, or as recorded for a finished run."""
-        if not self.deadline:
+        summary = self.summary
+        if summary.deadline_at is None:
             return None
-        if self.summary.status == "running":
-            return self.deadline["deadline_at"] - (now or time.time())
-        return self.deadline.get("time_left_s")
+        if summary.status == "running":
+            return summary.deadline_at - (now or time.time())
+        return summary.time_left_s
 
     def final_save_eta(self, now: float | None = None) -> float | None:
         """Seconds until the clock will stop the run and save: time left minus the engine's margin."""

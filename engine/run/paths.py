@@ -4,6 +4,7 @@
 runs/<run-id>/
   config.toml        resolved config, written once at start
   events.jsonl       append-only event log
+  summary.json       the run's summary folded up to a byte offset of the log (status reads only what follows)
   control/           commands from clients (mode 0700)
   checkpoints/step-000120/   adapter + state.json, renamed into place whole
   handoff/           newest complete resume bundle
@@ -36,6 +37,10 @@ class RunPaths:
     @property
     def events(self) -> Path:
         return self.root / "events.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
 
     @property
     def control(self) -> Path:

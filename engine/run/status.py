@@ -6,17 +6,21 @@ The CLI (`loradeck status`), Home and the monitor all decide "running" versus
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from engine.errors import RunError
-from engine.run.events import read_events
+from engine.run.events import READ_CHUNK, EventTail
 from engine.run.paths import RunPaths, require_run_dir
 
+WARNINGS_KEPT = 50
 RUN_STATUSES = ("starting", "running", "finished", "stopped", "deadline", "failed", "lost")
 LIVE_STATUSES = ("starting", "running")
 STARTUP_GRACE_S = 60.0  # a run directory with no events yet may still be waiting for its trainer to start
@@ -172,7 +176,7 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.deadline_at = event.get("deadline_at", summary.deadline_at)
         summary.time_left_s = event.get("time_left_s", summary.time_left_s)
     elif kind == "warning":
-        summary.warnings.append(event.get("message", ""))
+        summary.warnings = summary.warnings[-(WARNINGS_KEPT - 1):] + [str(event.get("message", ""))]
     elif kind == "finished":
         summary.status = {"deadline": "deadline", "stopped": "stopped"}.get(event.get("reason"), "finished")
         summary.message = event.get("message", summary.message)
@@ -206,22 +210,143 @@ def prepared_at(paths: RunPaths) -> float | None:
         return None
 
 
-def summarize_events(run_id: str, path: str, events: Iterable[dict[str, Any]], pid: int | None, *,
-                     created_at: float | None = None) -> RunSummary:
-    """A RunSummary from a sequence of events and the trainer's liveness."""
-    summary = RunSummary(run_id=run_id, path=path)
-    for event in events:
-        apply_event(summary, event)
-    settle_liveness(summary, pid, created_at=created_at)
-    return summary
+SNAPSHOT_FORMAT = "loradeck-summary/1"
+SNAPSHOT_EVERY_S = 2.0
+SNAPSHOT_CHECK_BYTES = 256
+CACHE_AFTER_BYTES = 8 << 20  # a reader that had to fold this much of a finished run's log leaves a snapshot
+
+
+def _log_digest(path: Path, offset: int) -> str | None:
+    """SHA-256 of the log's bytes just before `offset`: ties a snapshot to the log it was folded from."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, offset - SNAPSHOT_CHECK_BYTES))
+            return hashlib.sha256(handle.read(min(offset, SNAPSHOT_CHECK_BYTES))).hexdigest()
+    except OSError:
+        return None
+
+
+_SUMMARY_TYPES = {f.name: f.type for f in dataclasses.fields(RunSummary)}
+
+
+def _summary_from_dict(data: Any, paths: RunPaths) -> RunSummary | None:
+    """A RunSummary from snapshot JSON, or None when any field has the wrong type (the file is untrusted)."""
+    if not isinstance(data, dict):
+        return None
+    values = {}
+    for name, kind in _SUMMARY_TYPES.items():
+        value = data.get(name)
+        if name in ("run_id", "path"):
+            continue
+        if value is None:
+            if "None" not in kind and name not in ("status", "step", "checkpoints", "warnings"):
+                return None
+            continue
+        if name == "warnings":
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                return None
+        elif name == "status":
+            if value not in RUN_STATUSES:
+                return None
+        elif kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+            return None
+        elif kind.startswith("float") and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return None
+        elif kind.startswith("str") and not isinstance(value, str):
+            return None
+        values[name] = value
+    return RunSummary(run_id=paths.root.name, path=str(paths.root), **values)
+
+
+def load_snapshot(paths: RunPaths) -> tuple[RunSummary, int] | None:
+    """The summary snapshot and the log offset it covers, or None when absent, malformed or not of this log."""
+    try:
+        with open(paths.summary, "rb") as handle:
+            data = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+        return None
+    offset = data.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return None
+    try:
+        if offset > paths.events.stat().st_size:
+            return None
+    except OSError:
+        return None
+    if data.get("tail_sha256") != _log_digest(paths.events, offset):
+        return None
+    summary = _summary_from_dict(data.get("summary"), paths)
+    return (summary, offset) if summary is not None else None
+
+
+def write_snapshot(paths: RunPaths, summary: RunSummary, offset: int) -> None:
+    """Atomically write `summary.json`: `summary` folded from the log's first `offset` bytes."""
+    fields = summary.to_dict()
+    fields["pid"] = None  # liveness is decided when read, never remembered
+    data = {"format": SNAPSHOT_FORMAT, "offset": offset, "tail_sha256": _log_digest(paths.events, offset),
+            "summary": fields}
+    temporary = paths.summary.with_name(f".{paths.summary.name}.tmp-{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, separators=(",", ":"))
+    os.replace(temporary, paths.summary)
+
+
+def fold_log(paths: RunPaths) -> tuple[RunSummary, int, int]:
+    """The run's summary from its snapshot (when valid) plus the events after it: (summary, log offset reached,
+    bytes folded here). Reads the log in bounded chunks."""
+    snapshot = load_snapshot(paths)
+    summary, start = snapshot if snapshot else (RunSummary(run_id=paths.root.name, path=str(paths.root)), 0)
+    tail = EventTail(paths.events, start)
+    while True:
+        before = tail.offset
+        for event in tail.read_new(READ_CHUNK):
+            apply_event(summary, event)
+        if tail.offset == before:
+            break
+    return summary, tail.offset, tail.offset - start
+
+
+class SummaryKeeper:
+    """The trainer's side of the snapshot: folds each event it writes and rewrites `summary.json` every few
+    seconds and at every milestone, so readers fold only the last seconds of log."""
+
+    MILESTONES = ("started", "model_loaded", "checkpoint", "finished", "error", "resumed")
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self.summary, self.offset, _ = fold_log(paths)
+        self.written_at = 0.0
+
+    def __call__(self, event: dict[str, Any], offset: int) -> None:
+        apply_event(self.summary, event)
+        self.offset = offset
+        if event.get("type") in self.MILESTONES or time.monotonic() - self.written_at >= SNAPSHOT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the snapshot now (a full disk only means readers fold more of the log)."""
+        try:
+            write_snapshot(self.paths, self.summary, self.offset)
+        except OSError:
+            return
+        self.written_at = time.monotonic()
 
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
-    """Read a run directory (live or finished) into a RunSummary."""
+    """Read a run directory (live or finished) into a RunSummary: the snapshot plus the log after it."""
     paths = require_run_dir(run_dir)
     pid = trainer_pid(paths.root)
-    return summarize_events(paths.root.name, str(paths.root), read_events(paths.events), pid,
-                            created_at=prepared_at(paths))
+    summary, offset, folded = fold_log(paths)
+    if folded >= CACHE_AFTER_BYTES and pid is None:
+        try:  # no trainer appends to this log now: spare the next reader the fold
+            write_snapshot(paths, summary, offset)
+        except OSError:
+            pass
+    settle_liveness(summary, pid, created_at=prepared_at(paths))
+    return summary
 
 
 def list_runs(runs_dir: str | Path) -> list[RunSummary]:

@@ -26,7 +26,7 @@ from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
 from engine.run.paths import RunPaths
-from engine.run.status import hold_run_lock
+from engine.run.status import SummaryKeeper, hold_run_lock
 from engine.train.batches import make_collator, planned_steps
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import remove_stale_staging, write_checkpoint
@@ -234,7 +234,8 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     paths.pid_file.write_text(str(os.getpid()))
     for folder in (paths.root, paths.checkpoints):
         remove_stale_staging(folder)
-    events = EventWriter(paths.events)
+    keeper = SummaryKeeper(paths)
+    events = EventWriter(paths.events, observer=keeper)
     stop = StopFlag()
     stop.install_signal_handlers()
     say = progress or (lambda message: None)
@@ -260,6 +261,7 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
         return 1
     finally:
         events.close()
+        keeper.flush()
         try:
             if paths.pid_file.read_text().strip() == str(os.getpid()):
                 paths.pid_file.unlink()

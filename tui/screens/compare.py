@@ -65,8 +65,10 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         for history in self.histories:
-            history.poll(limit_bytes=None)
+            history.poll(budget_s=0.5 / len(self.histories))
         self._draw()
+        if any(history.loading for history in self.histories):
+            self.catch_up_timer = self.set_interval(0.5, self._catch_up)
         table = self.query_one("#config-diff", DataTable)
         table.add_column("key")
         for history in self.histories:
@@ -76,6 +78,15 @@ class CompareScreen(Screen):
             table.add_row(key, *(str(v) for v in values))
         if not differences:
             table.add_row("(identical configs)", *("" for _ in self.histories))
+
+    def _catch_up(self) -> None:
+        """Read long logs in slices (keys keep answering), redrawing as they fill in."""
+        loading = [history for history in self.histories if history.loading]
+        for history in loading:
+            history.poll(budget_s=0.25 / len(loading))
+        self._draw()
+        if not any(history.loading for history in self.histories):
+            self.catch_up_timer.stop()
 
     def _draw(self) -> None:
         plot = self.query_one("#compare-plot", PlotextPlot)

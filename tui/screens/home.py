@@ -94,7 +94,7 @@ class HomeScreen(Screen):
             for child in self.runs_dir.iterdir():
                 key = str(child)
                 if key not in self.histories and child.is_dir() and (child / "events.jsonl").is_file():
-                    self.histories[key] = RunHistory(child)
+                    self.histories[key] = RunHistory(child, curves=False)
         for key in [k for k in self.histories if not Path(k).is_dir()]:
             del self.histories[key]
         for history in self.histories.values():

@@ -108,12 +108,11 @@ def session_text(history: RunHistory, now: float | None = None) -> tuple[str, st
     left = history.time_left(now)
     if left is None:
         return "No session clock.\nStart with --session 9h30m\nor --preset kaggle.", "none"
-    deadline = history.deadline
-    margin = deadline.get("margin_s")
+    margin = history.deadline.get("margin_s")
     save_in = history.final_save_eta(now)
     lines = [f"[b]{format_duration(max(left, 0))}[/b] left" if history.summary.status == "running"
              else f"ended with {format_duration(max(left, 0))} left",
-             f"deadline {time.strftime('%H:%M:%S', time.localtime(deadline['deadline_at']))}",
+             f"deadline {time.strftime('%H:%M:%S', time.localtime(history.summary.deadline_at))}",
              f"margin {format_duration(margin) if margin is not None else 'measuring…'}"]
     if save_in is not None:
         lines.append(f"final save in ~{format_duration(save_in)}")
@@ -217,6 +216,7 @@ class MonitorScreen(Screen):
         Binding("escape", "back", "Back"),
     ]
     POLL_SECONDS = 0.5
+    LOADING_SLICE_SECONDS = 0.25  # a long log is read in slices this long, so keys still answer while it loads
     PLOT_EVERY_SECONDS = 1.0  # plotext is pure Python; under a flood of events the curve redraws once a second
 
     def __init__(self, run_dir: str | Path):
@@ -263,14 +263,17 @@ class MonitorScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.history.poll(limit_bytes=None)
+        self.history.poll(budget_s=self.LOADING_SLICE_SECONDS)
         self.history.take_warnings()  # replayed history: only warnings that arrive while watching ring the bell
         self.refresh_from_history()
         self.set_interval(self.POLL_SECONDS, self.refresh_from_history)
 
     def refresh_from_history(self) -> None:
         """Fold in new events (coalesced per tick) and redraw what changed."""
-        new_events = self.history.poll()
+        loading = self.history.loading
+        new_events = self.history.poll(budget_s=self.LOADING_SLICE_SECONDS if loading else 0.1)
+        if loading:  # replayed history: only warnings that arrive while watching ring the bell
+            self.history.take_warnings()
         summary = self.history.summary
         self._show("#progress-line", progress_line(self.history))
         bar = self.query_one("#step-progress", ProgressBar)
