@@ -68,7 +68,7 @@ def write_log(run_dir: Path, megabytes: int) -> int:
     events.emit("started", pid=1, model="HuggingFaceTB/SmolLM2-135M-Instruct", dataset="data/train.jsonl")
     events.emit("model_loaded", backend="transformers", max_steps=max_steps, train_rows=50_000, eval_rows=500)
     step = 0
-    while events._handle.tell() < target:
+    while events.offset < target:
         step += 1
         events.emit("step", step=step, loss=2.5 * 0.9999 ** step + rng.random() * 0.1, lr=2e-4, grad_norm=rng.random(),
                     epoch=step / 5000, tokens_per_s=4000 + rng.random() * 100, seconds=0.41, tokens=1640,

@@ -77,6 +77,8 @@ class TrainSection:
     gradient_checkpointing: bool = spec(False, "Recompute activations in backward: ~30% slower, far less activation memory.")
     seed: int = spec(42, "Seed for LoRA init and data order.", minimum=0, maximum=2**32 - 1)
     save_every: int = spec(50, "Checkpoint every N steps (0: only at the end).", minimum=0)
+    keep_checkpoints: int = spec(0, "Keep only the newest N checkpoints, deleting older ones after each save "
+                                    "(0: keep all). The handoff bundle is never pruned.", minimum=0)
     eval_every: int = spec(50, "Eval loss every N steps (0: only at the end).", minimum=0)
     log_every: int = spec(1, "Write a step event every N steps.", minimum=1)
     group_by_length: bool = spec(True, "Batch rows of similar length together: less padding, faster steps; "

@@ -22,34 +22,56 @@ class EventWriter:
     """Appends events to `events.jsonl`, one flushed line each.
 
     `observer(event, offset)` is called after each append with the log's size after it (the run's summary
-    snapshot follows the log this way).
+    snapshot follows the log this way). A write the disk has no room for is cut back to the last whole line;
+    `on_full()` is then asked to free room (the run's space reserve) and the write is tried once more.
     """
 
-    def __init__(self, path: str | Path, observer: Callable[[dict[str, Any], int], None] | None = None):
+    def __init__(self, path: str | Path, observer: Callable[[dict[str, Any], int], None] | None = None,
+                 on_full: Callable[[], bool] | None = None):
         self.path = Path(path)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._handle = os.fdopen(descriptor, "ab")
+        self._descriptor: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.offset = os.fstat(self._descriptor).st_size
         self.observer = observer
+        self.on_full = on_full
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
-        """Append one event and flush it, so a reader sees whole lines only."""
+        """Append one event as one whole line, so a reader never sees part of it."""
         event = {"v": SCHEMA_VERSION, "ts": round(time.time(), 3), "type": event_type, **fields}
-        self._handle.write((json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n").encode())
-        self._handle.flush()
+        line = (json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n").encode()
+        try:
+            self._append(line)
+        except OSError:
+            if self.on_full is None or not self.on_full():
+                raise
+            self._append(line)
         if self.observer is not None:
-            self.observer(event, self._handle.tell())
+            self.observer(event, self.offset)
         return event
+
+    def _append(self, line: bytes) -> None:
+        written = 0
+        try:
+            while written < len(line):
+                written += os.write(self._descriptor, line[written:])
+        except OSError:
+            if written:
+                try:
+                    os.ftruncate(self._descriptor, self.offset)
+                except OSError:
+                    pass
+            raise
+        self.offset += len(line)
 
     def sync(self) -> None:
         """Force the log to disk (after a checkpoint, before exit)."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._descriptor is not None:
+            os.fsync(self._descriptor)
 
     def close(self) -> None:
-        """Flush and close the log."""
-        if not self._handle.closed:
-            self._handle.flush()
-            self._handle.close()
+        """Close the log (every line is already written)."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 def _jsonable(value: Any) -> Any:

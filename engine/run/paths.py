@@ -6,6 +6,7 @@ runs/<run-id>/
   events.jsonl       append-only event log
   summary.json       the run's summary folded up to a byte offset of the log (status reads only what follows)
   control/           commands from clients (mode 0700)
+  data/              private copies of small data files (train.jsonl, eval.jsonl) that bundles link to
   checkpoints/step-000120/   adapter + state.json, renamed into place whole
   handoff/           newest complete resume bundle
   adapter/           the final adapter (PEFT format)
@@ -17,7 +18,9 @@ runs/<run-id>/
 
 from __future__ import annotations
 
+import os
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +72,29 @@ class RunPaths:
     @property
     def log_file(self) -> Path:
         return self.root / "trainer.log"
+
+
+PRIVATE_UMASK = 0o077
+
+
+@contextmanager
+def private_files():
+    """Within the block, new files and folders are the user's alone (0600 / 0700): adapters, data copies and
+    logs are often confidential."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def require_utf8_path(path: Path) -> None:
+    """RunError for a path that is not valid UTF-8: the model libraries cannot save into it."""
+    try:
+        str(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunError(f"{os.fsdecode(os.fsencode(path))!r}: the run directory's path is not valid UTF-8 — the "
+                       "model libraries cannot save there; pick a name in UTF-8") from None
 
 
 def require_run_dir(path: str | Path) -> RunPaths:

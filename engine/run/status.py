@@ -288,10 +288,14 @@ def write_snapshot(paths: RunPaths, summary: RunSummary, offset: int) -> None:
     data = {"format": SNAPSHOT_FORMAT, "offset": offset, "tail_sha256": _log_digest(paths.events, offset),
             "summary": fields}
     temporary = paths.summary.with_name(f".{paths.summary.name}.tmp-{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, separators=(",", ":"))
-    os.replace(temporary, paths.summary)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, separators=(",", ":"))
+        os.replace(temporary, paths.summary)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def fold_log(paths: RunPaths) -> tuple[RunSummary, int, int]:

@@ -47,6 +47,9 @@ def run_directory_callback_class():
             state.compute_steps(args, state.max_steps)
             self.run.on_train_begin(state, control)
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.save_pending()  # a save waiting for a log line that never came still happens
+
         def on_step_end(self, args, state, control, **kwargs):
             run = self.run
             # Wall time of the step just taken: data, forward, backward, optimizer, logging — not our
@@ -61,7 +64,7 @@ def run_directory_callback_class():
                 if command["command"] == "stop":
                     run.stop.reason = run.stop.reason or "stopped"
                 elif command["command"] == "save":
-                    run.save("requested")
+                    run.request_save("requested")
                 else:
                     run.handle_command(command, state)
             every = run.config.train.save_every
@@ -73,13 +76,23 @@ def run_directory_callback_class():
                 control.should_evaluate = False  # the final save matters more than one more eval
                 return control
             if save_due:
-                run.save("periodic")
+                run.request_save("periodic")
             run.after_step(state, control)
             if time.monotonic() - self.last_telemetry >= self.telemetry_every_s:
                 self.last_telemetry = time.monotonic()
                 run.emit_telemetry(state.global_step)
+            if not control.should_log:
+                self.save_pending()
+            # else the step's loss is logged next (on_log): saves wait for it, so the bundle's loss tail
+            # includes the step it was saved at
             self.last_step_end = time.monotonic()
             return control
+
+        def save_pending(self) -> None:
+            """Run the saves this step asked for; their time is kept out of the next step's."""
+            if self.run.pending_saves:
+                self.run.save_pending()
+                self.last_step_end = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -102,6 +115,7 @@ def run_directory_callback_class():
                 tokens_seen=tokens, padding=padding, max_steps=state.max_steps)
             if self.on_step:
                 self.on_step(event)
+            self.save_pending()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             metrics = metrics or {}

@@ -14,16 +14,18 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.errors import RunError
 
 STATE_FILE = "state.json"
-# Files whose content the manifest in state.json does not pin: state.json itself, and the text
-# files a handoff bundle rewrites (config with bundle-relative data paths, RESUME.md, data copies).
-UNPINNED = ("state.json", "config.toml", "RESUME.md")
+STATE_FORMAT = "loradeck-checkpoint/2"
+# Format 1 (before bundles pinned every file) left these out of its manifest; they are accepted there unlisted.
+LEGACY_UNPINNED = ("config.toml", "RESUME.md")
+STATE_DIGEST = "state_sha256"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -93,6 +95,15 @@ def remove_stale_staging(folder: Path) -> int:
     return removed
 
 
+def remove_folder(folder: Path) -> None:
+    """Delete a checkpoint folder so that no half-deleted one is ever seen: renamed to a staging name first
+    (cleaned up by `remove_stale_staging` if the process dies mid-way), then removed."""
+    doomed = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @contextmanager
 def building(target: Path):
     """Yield a staging folder for `target`; on success fsync it and swap it in atomically, else discard it."""
@@ -125,10 +136,23 @@ def write_checkpoint(target: Path, *, model, state: dict[str, Any], config_toml:
             else:
                 torch.save(value, tmp / name)
         (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
-        # state.json goes last: its presence marks a complete checkpoint, its manifest pins the rest.
-        state = {**state, "files": file_manifest(tmp)}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+        write_state(tmp, state, file_manifest(tmp))
     return target
+
+
+def write_state(folder: Path, state: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write `state.json` last (its presence marks a complete folder): `state` plus the manifest pinning every
+    other file, plus a digest of itself so a damaged state.json is caught too."""
+    state = {key: value for key, value in state.items() if key != STATE_DIGEST}
+    state.update(format=STATE_FORMAT, files=manifest)
+    state[STATE_DIGEST] = _state_digest(state)
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+    return state
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    body = {key: value for key, value in state.items() if key != STATE_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -141,20 +165,48 @@ def sha256_file(path: Path) -> str:
 
 
 def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file in `folder` (recursively) except the unpinned ones and data copies."""
+    """Size and SHA-256 of every file in `folder` (recursively) except state.json."""
     manifest = {}
     for path in sorted(Path(folder).rglob("*")):
         relative = path.relative_to(folder).as_posix()
-        if path.is_file() and relative not in UNPINNED and not relative.startswith("data/"):
+        if path.is_file() and relative != STATE_FILE:
             manifest[relative] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return manifest
+
+
+def _confined_name(name: Any) -> bool:
+    """A manifest name that can only mean a file inside the folder: relative, no `..`, no empty parts."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _present_files(folder: Path) -> list[str]:
+    """Every entry under `folder` (relative names); RunError at the first link or special file."""
+    names = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            relative = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise RunError(f"{folder}: {relative} is a symbolic link — a bundle holds plain files only; "
+                               "copy it with `cp -rL` or from the machine that wrote it")
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise RunError(f"{folder}: {relative} is not a regular file — a bundle holds plain files only")
+            names.append(relative)
+    return names
 
 
 def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     """The state of a complete, uncorrupted checkpoint or bundle; RunError naming the first problem found.
 
-    Checks that state.json parses, that every file its manifest lists exists with
-    the recorded size and hash, and that the adapter files are present.
+    A bundle comes from another machine, so it is untrusted: state.json must parse and match its own digest;
+    every file must be a plain file listed in its manifest (no links, nothing extra such as a weights file
+    that would replace the base model's); every listed name must stay inside the folder and match its
+    recorded size and SHA-256; the adapter files and config.toml must be there.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -163,22 +215,38 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     manifest = state.get("files")
     if not isinstance(manifest, dict) or not manifest:
         raise RunError(f"{folder}: {STATE_FILE} has no file manifest — not a loradeck checkpoint")
-    for name in ("adapter_config.json",):
-        if name not in manifest:
-            raise RunError(f"{folder}: the bundle lists no {name} — it is partial; use an earlier checkpoint")
+    legacy = state.get("format") != STATE_FORMAT
+    if not legacy and state.get(STATE_DIGEST) != _state_digest(state):
+        raise RunError(f"{folder}: {STATE_FILE} does not match its recorded digest — it was edited or damaged; "
+                       "copy the bundle again")
+    for name in manifest:
+        if not _confined_name(name):
+            raise RunError(f"{folder}: the manifest names {name!r}, outside the bundle — refusing it; "
+                           "a loradeck bundle only lists its own files")
+    for name in _present_files(folder):
+        if name == STATE_FILE or name in manifest:
+            continue
+        if legacy and (name in LEGACY_UNPINNED or name.startswith("data/")):
+            continue
+        raise RunError(f"{folder}: {name} is not in the bundle's manifest — a loradeck bundle holds nothing "
+                       "else (an extra weights file would silently replace the base model's); remove it or "
+                       "copy the bundle again")
+    if "adapter_config.json" not in manifest:
+        raise RunError(f"{folder}: the bundle lists no adapter_config.json — it is partial; use an earlier "
+                       "checkpoint")
     if not any(name.startswith("adapter_model.") for name in manifest):
         raise RunError(f"{folder}: the bundle lists no adapter weights — it is partial; use an earlier checkpoint")
     for name, expected in manifest.items():
         path = folder / name
-        if not path.is_file():
+        if not isinstance(expected, dict) or not path.is_file():
             raise RunError(f"{folder}: {name} is missing — the bundle is partial; copy it again or use an "
                            "earlier checkpoint")
         if path.stat().st_size != expected.get("size"):
             raise RunError(f"{folder}: {name} is {path.stat().st_size} bytes, the bundle recorded "
                            f"{expected.get('size')} — truncated copy? copy it again")
         if sha256_file(path) != expected.get("sha256"):
-            raise RunError(f"{folder}: {name} does not match its recorded checksum — the file is corrupt; "
-                           "copy the bundle again or use an earlier checkpoint")
+            raise RunError(f"{folder}: {name} does not match its recorded checksum — the file is corrupt or was "
+                           "edited; copy the bundle again or use an earlier checkpoint")
     if not (folder / "config.toml").is_file():
         raise RunError(f"{folder}: config.toml is missing — the bundle is partial; copy it again")
     return state
@@ -194,9 +262,12 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def write_linked_folder(target: Path, source: Path, *, skip: tuple[str, ...] = (),
                         extra_text: dict[str, str] | None = None,
-                        extra_links: dict[str, Path] | None = None) -> Path:
-    """Atomically make `target` a copy of `source` built from hard links, plus extra text files and linked files."""
+                        extra_links: dict[str, Path] | None = None,
+                        finish: Callable[[Path], None] | None = None, copy: bool = False) -> Path:
+    """Atomically make `target` a copy of `source` built from hard links (real copies with `copy`), plus extra
+    text files and linked files; `finish(staging_folder)` runs last, before the swap."""
     target = Path(target)
+    place = shutil.copy2 if copy else link_or_copy
     with building(target) as tmp:
         for path in Path(source).rglob("*"):
             relative = path.relative_to(source)
@@ -206,12 +277,14 @@ def write_linked_folder(target: Path, source: Path, *, skip: tuple[str, ...] = (
                 (tmp / relative).mkdir(parents=True, exist_ok=True)
             else:
                 (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(path, tmp / relative)
+                place(path, tmp / relative)
         for name, file in (extra_links or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(file, tmp / name)
         for name, text in (extra_text or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if finish is not None:
+            finish(tmp)
     return target
 
 

@@ -8,12 +8,16 @@ RUN_DIR/handoff/
   config.toml         the resolved config; data paths point into data/ when the data was copied
   trainer_state.json, scheduler.pt                   Trainer's own resume state
   optimizer.pt, rng_state.pth                        only with session.with_optimizer
-  data/               a copy of the training (and eval) file when it is small enough
+  data/train.jsonl, data/eval.jsonl   copies of the training (and eval) file when small enough
   RESUME.md           the exact command that continues the run
 ```
 
-The bundle is rebuilt from hard links of the newest checkpoint and swapped into
-place atomically, so `handoff/` always holds one complete bundle.
+The bundle is rebuilt from hard links of the newest checkpoint and of the run's
+private data copies (`RUN_DIR/data/`, copied when training starts, so editing
+the source afterwards never changes a bundle), and swapped into place
+atomically, so `handoff/` always holds one complete bundle. Its `state.json`
+pins every other file (size and SHA-256); resuming refuses a bundle with
+anything unlisted, linked, or named outside it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.train.checkpoint import STATE_FILE, sha256_file, verify_checkpoint, write_linked_folder
+import os
+import shutil
+
+from engine.train.checkpoint import (STATE_FILE, STATE_FORMAT, read_state, sha256_file, verify_checkpoint, write_linked_folder,
+                                     write_state)
 from engine.config import RunConfig, dumps_config, load_config
 from engine.errors import RunError
 
@@ -41,13 +49,25 @@ class DataFile:
     size: int
     sha256: str | None
     bundled_as: str | None = None
+    copy: str | None = None  # the run's private copy that bundles link to
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def describe_data_files(config: RunConfig) -> list[DataFile]:
-    """The run's local data files with size and hash, and the bundle name of those small enough to travel."""
+BUNDLE_DATA_NAMES = {"path": "train", "eval_path": "eval"}
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+
+
+def bundle_data_name(key: str, source: Path) -> str:
+    """`data/train.jsonl` or `data/eval.csv.gz`: fixed names, so they never grow with each resume."""
+    suffix = "".join(source.suffixes[-2:]) if source.suffix in COMPRESSED_SUFFIXES else source.suffix
+    return f"data/{BUNDLE_DATA_NAMES[key]}{suffix}"
+
+
+def snapshot_data_files(config: RunConfig, run_dir: Path) -> list[DataFile]:
+    """The run's local data files with size and hash; those small enough to travel are copied (not linked) into
+    `RUN_DIR/data/` first, so the bundles carry what this run read even if the source is edited later."""
     files = []
     for key in ("path", "eval_path"):
         value = getattr(config.data, key)
@@ -55,9 +75,20 @@ def describe_data_files(config: RunConfig) -> list[DataFile]:
         if path is None or not path.is_file():
             continue
         size = path.stat().st_size
-        digest = sha256_file(path) if size <= HASH_LIMIT else None
-        bundled = f"data/{key}-{path.name}" if size <= BUNDLE_DATA_LIMIT else None
-        files.append(DataFile(key, str(path.resolve()), size, digest, bundled))
+        if size > BUNDLE_DATA_LIMIT:
+            digest = sha256_file(path) if size <= HASH_LIMIT else None
+            files.append(DataFile(key, str(path.resolve()), size, digest))
+            continue
+        name = bundle_data_name(key, path)
+        copy = Path(run_dir) / name
+        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(path, temporary)
+            os.replace(temporary, copy)
+        finally:
+            temporary.unlink(missing_ok=True)
+        files.append(DataFile(key, str(path.resolve()), copy.stat().st_size, sha256_file(copy), name, str(copy)))
     return files
 
 
@@ -100,17 +131,30 @@ def resume_instructions(state: dict[str, Any], config: RunConfig, data_files: li
 
 def write_handoff(handoff_dir: Path, checkpoint: Path, state: dict[str, Any], config: RunConfig,
                   data_files: list[DataFile]) -> Path:
-    """Atomically replace `handoff_dir` with a bundle made from `checkpoint` (hard links) plus data and RESUME.md."""
+    """Atomically replace `handoff_dir` with a bundle made from `checkpoint` (hard links) plus the run's data
+    copies and RESUME.md, its state.json pinning every file."""
     bundle_config = dataclasses.replace(config, data=dataclasses.replace(config.data))
     links: dict[str, Path] = {}
     for file in data_files:
-        if file.bundled_as:
-            links[file.bundled_as] = Path(file.source)
+        if file.bundled_as and file.copy:
+            links[file.bundled_as] = Path(file.copy)
             # Relative paths in a config resolve against its folder: the bundle itself.
             setattr(bundle_config.data, file.key, file.bundled_as)
     text = {"config.toml": dumps_config(bundle_config),
             "RESUME.md": resume_instructions(state, config, data_files, handoff_dir.resolve())}
-    return write_linked_folder(handoff_dir, checkpoint, skip=("config.toml",), extra_text=text, extra_links=links)
+    checkpoint_files = {name: entry for name, entry in read_state(checkpoint)["files"].items() if name not in text}
+
+    def pin_every_file(folder: Path) -> None:
+        manifest = dict(checkpoint_files)
+        for name in text:
+            manifest[name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+        for file in data_files:
+            if file.bundled_as in links:
+                manifest[file.bundled_as] = {"size": file.size, "sha256": file.sha256}
+        write_state(folder, state, manifest)
+
+    return write_linked_folder(handoff_dir, checkpoint, skip=(STATE_FILE, *text), extra_text=text,
+                               extra_links=links, finish=pin_every_file)
 
 
 @dataclass
@@ -152,7 +196,7 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
         if before != after:
             notes.append(f"train.{key} changed from {before} to {after}: the data order after step "
                          f"{state.get('global_step')} will differ from an uninterrupted run")
-    recorded = {entry["key"]: entry for entry in state.get("data_files", [])}
+    recorded = {entry["key"]: entry for entry in state.get("data_files", []) if isinstance(entry, dict)}
     for key in ("path", "eval_path"):
         value = getattr(config.data, key)
         entry = recorded.get(key)
@@ -161,11 +205,29 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
         if not Path(value).exists():
             raise RunError(f"{folder}: the data file {value} is not on this machine — add "
                            f"--set data.{key}=/path/to/{Path(value).name}")
+        if value == getattr(original.data, key):  # the bundle's choice, not the user's --set
+            notes += confine_bundle_data(folder, state, key, Path(value), entry)
         if entry and entry.get("sha256") and Path(value).is_file() and Path(value).stat().st_size <= HASH_LIMIT:
             if sha256_file(Path(value)) != entry["sha256"]:
                 notes.append(f"data.{key} ({value}) differs from the file the run started with: the sample "
                              "order continues by position, not by content")
     return Bundle(folder, state, config, notes)
+
+
+def confine_bundle_data(folder: Path, state: dict[str, Any], key: str, path: Path,
+                        entry: dict[str, Any] | None) -> list[str]:
+    """RunError unless the bundle's own data path is one of its pinned files, or the file too big to travel
+    that its state names; notes to show for the latter. A crafted config.toml must not make a resume read (and
+    the next bundle carry) a private file of this machine."""
+    resolved, root = path.resolve(), folder.resolve()
+    if resolved.is_relative_to(root):
+        inside = resolved.relative_to(root).as_posix()
+        if inside in (state.get("files") or {}) or state.get("format") != STATE_FORMAT:
+            return []
+    elif entry and not entry.get("bundled_as") and entry.get("source") == str(resolved):
+        return [f"data.{key} is read from {resolved} on this machine (too big to travel with the bundle)"]
+    raise RunError(f"{folder}: config.toml points data.{key} at {path}, which is not a file the bundle carries — "
+                   f"refusing to read it; pass --set data.{key}=/path/to/your/data to train on a file of this machine")
 
 
 def refuse_incompatible(state: dict[str, Any], config: RunConfig) -> None:

@@ -14,7 +14,7 @@ from engine.config import RunConfig, save_config
 from engine.run.control import prepare_control_dir
 from engine.errors import RunError
 from engine.run.events import read_events
-from engine.run.paths import RunPaths
+from engine.run.paths import RunPaths, private_files, require_utf8_path
 from engine.run.status import trainer_pid
 
 
@@ -36,19 +36,37 @@ def prepare_run_dir(run_dir: str | Path, config: RunConfig) -> RunPaths:
     if paths.events.exists():
         raise RunError(f"{run_dir}: already holds a run — pick another --run-dir, or `loradeck resume "
                        f"{run_dir}/handoff` to continue it")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    prepare_control_dir(paths)
-    save_config(config, paths.config)
+    require_utf8_path(paths.root)
+    try:
+        with private_files():
+            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            prepare_control_dir(paths)
+            save_config(config, paths.config)
+    except OSError as exc:
+        raise RunError(f"{paths.root}: cannot create the run directory ({exc.strerror or exc}) — pick a writable "
+                       "place with --runs-dir or --run-dir") from None
     return paths
 
 
+def discard_unstarted_run(paths: RunPaths) -> bool:
+    """Delete a run directory that no trainer ever wrote to (prepared, then interrupted); True when deleted."""
+    import shutil
+
+    if paths.events.exists() or trainer_pid(paths.root) is not None:
+        return False
+    shutil.rmtree(paths.root, ignore_errors=True)
+    return True
+
+
 def stage_bundle(bundle: str | Path, run_dir: str | Path) -> Path:
-    """Copy (hard-link) a verified bundle into `RUN_DIR/resumed-from/`, the copy the new run resumes from."""
+    """Copy a verified bundle into `RUN_DIR/resumed-from/`, the copy the new run resumes from (real copies, so
+    later edits to the source bundle can never change what this run resumed from)."""
     from engine.train.checkpoint import write_linked_folder
 
     target = Path(run_dir) / "resumed-from"
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return write_linked_folder(target, Path(bundle))
+    with private_files():
+        Path(run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return write_linked_folder(target, Path(bundle), copy=True)
 
 
 def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = None, wait_s: float = 15.0) -> int:
@@ -61,7 +79,7 @@ def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = Non
     command = [sys.executable, "-m", "engine.train.worker", str(paths.root)]
     if resume_from:
         command += ["--resume", str(resume_from)]
-    with open(paths.log_file, "ab") as log:
+    with private_files(), open(paths.log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True,
                                    cwd=str(SOURCE_ROOT), env=os.environ.copy())

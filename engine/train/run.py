@@ -25,16 +25,19 @@ from engine.errors import LoradeckError, RunError
 from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
-from engine.run.paths import RunPaths
+from engine.run.paths import RunPaths, private_files, require_utf8_path
+from engine.run.space import RESERVE_BYTES, SpaceReserve, folder_bytes, free_bytes, is_disk_full
 from engine.run.status import SummaryKeeper, hold_run_lock
 from engine.train.batches import make_collator, planned_steps
 from engine.train.callback import run_directory_callback_class
-from engine.train.checkpoint import remove_stale_staging, write_checkpoint
+from engine.train.checkpoint import (complete_checkpoints, read_state, remove_folder, remove_stale_staging,
+                                     write_checkpoint)
 from engine.train.sft import build_sft_config, loradeck_trainer_class, to_dataset
 
 LOSS_TAIL = 50
 
 
+DISK_ADVICE = "free space on this disk (df -h), or set train.keep_checkpoints=2 to prune old checkpoints"
 PROBE_AT_SAVES = ("first", "periodic", "requested", "final")  # not when stopping for a signal or the deadline
 
 
@@ -82,6 +85,10 @@ class TrainingRun:
         self.eval_batches = 0
         self.tokenizer = None
         self.probed_step = -1
+        self.reserve = SpaceReserve(paths.root)
+        self.last_save_bytes = 0
+        self.pending_saves: list[str] = []
+        self.save_failures = 0
 
     def samples_consumed(self, global_step: int) -> int:
         """Training rows used so far, counting partial last batches of finished epochs exactly."""
@@ -134,13 +141,61 @@ class TrainingRun:
             files["rng_state.pth"] = rng
         return files
 
-    def save(self, reason: str, *, final: bool = False) -> Path:
-        """Write `checkpoints/step-N`, refresh `handoff/` (and `adapter/` when `final`), atomically, with events."""
+    def request_save(self, reason: str) -> None:
+        """Ask for a save at the end of this step, once its loss is logged (`save_pending` performs it)."""
+        if reason not in self.pending_saves:
+            self.pending_saves.append(reason)
+
+    def save_pending(self) -> Path | None:
+        """One save for every reason requested this step (named by the first), or None when none was asked."""
+        reasons, self.pending_saves = self.pending_saves, []
+        return self.save(reasons[0]) if reasons else None
+
+    def save(self, reason: str, *, final: bool = False) -> Path | None:
+        """Write `checkpoints/step-N`, refresh `handoff/` (and `adapter/` when `final`), atomically, with events.
+
+        A periodic save the disk has no room for is skipped (or, failing half-way, discarded) with a `warning`
+        naming what is kept; the final save raises RunError instead. Returns the checkpoint, or None if skipped.
+        """
+        step = self.trainer.state.global_step
+        if not final and self.last_save_bytes:
+            free = free_bytes(self.paths.root)
+            if free < self.last_save_bytes * 1.2 + RESERVE_BYTES:
+                self.save_failures += 1
+                self.events.emit("warning", step=step, kind="disk", message=(
+                    f"skipped the {reason} checkpoint at step {step}: {free / 1e6:.0f} MB free, a checkpoint takes "
+                    f"about {self.last_save_bytes / 1e6:.0f} MB — {self.kept_saves()} kept; {DISK_ADVICE}"))
+                return None
+        try:
+            return self._write_save(step, reason, final)
+        except Exception as exc:
+            if not is_disk_full(exc, self.paths.root):
+                raise
+            self.reserve.release()  # room for the events that explain it
+            message = f"disk full while saving step {step}: {self.kept_saves()} intact; {DISK_ADVICE}"
+            if final:
+                raise RunError(message) from None
+            self.save_failures += 1
+            self.events.emit("warning", step=step, kind="disk", message=message)
+            return None
+
+    def kept_saves(self) -> str:
+        """What the user still has after a failed save: 'checkpoint step 40 and the handoff from step 40'."""
+        checkpoints = complete_checkpoints(self.paths.checkpoints)
+        parts = [f"checkpoint {checkpoints[-1].name}"] if checkpoints else []
+        try:
+            parts.append(f"the handoff from step {read_state(self.paths.handoff).get('global_step')}")
+        except RunError:
+            pass
+        if not parts:
+            return "nothing was saved before it, so nothing is"
+        return " and ".join(parts) + (" are" if len(parts) > 1 else " is")
+
+    def _write_save(self, step: int, reason: str, final: bool) -> Path:
         from engine.train.checkpoint import write_linked_folder
         from engine.train.handoff import write_handoff
 
         started = time.monotonic()
-        step = self.trainer.state.global_step
         target = self.paths.checkpoints / f"step-{step:06d}"
         state = self.state_dict(reason)
         write_checkpoint(target, model=self.model, state=state, config_toml=dumps_config(self.config),
@@ -148,6 +203,8 @@ class TrainingRun:
         handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files)
         if final:
             write_linked_folder(self.paths.adapter, target)
+        self.last_save_bytes = folder_bytes(target)
+        self.prune_checkpoints(keep=target)
         if reason in PROBE_AT_SAVES:
             # Inside the timed save on purpose: the session clock then budgets for probes at periodic saves.
             self.run_probes(step)
@@ -158,6 +215,15 @@ class TrainingRun:
                          seconds=round(elapsed, 3), final=final)
         self.events.sync()
         return target
+
+    def prune_checkpoints(self, keep: Path) -> None:
+        """Delete all but the newest `train.keep_checkpoints` checkpoints (never `keep`, never the handoff)."""
+        limit = self.config.train.keep_checkpoints
+        if not limit:
+            return
+        for old in complete_checkpoints(self.paths.checkpoints)[:-limit]:
+            if old != keep:
+                remove_folder(old)
 
     def run_probes(self, step: int) -> None:
         """Answer `[probe] prompts` with the adapter as it is now and write one `sample` event (greedy, batched).
@@ -224,10 +290,20 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     SIGTERM/SIGINT and `stop` commands save the adapter before returning.
     """
     paths = RunPaths(Path(run_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
+    with private_files():
+        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress)
+
+
+def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_class, progress) -> int:
     try:
+        require_utf8_path(paths.root)
+        try:
+            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"{paths.root}: cannot create the run directory ({exc.strerror or exc}) — pick a "
+                           "writable place") from None
         lock = hold_run_lock(paths)
-    except RunError as exc:  # another trainer owns this directory: write nothing into it
+    except RunError as exc:  # another trainer owns this directory, or it cannot be one: write nothing into it
         (progress or print)(f"error: {exc}")
         return exc.exit_code
     prepare_control_dir(paths)
@@ -235,7 +311,9 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     for folder in (paths.root, paths.checkpoints):
         remove_stale_staging(folder)
     keeper = SummaryKeeper(paths)
-    events = EventWriter(paths.events, observer=keeper)
+    run_reserve = SpaceReserve(paths.root)
+    run_reserve.hold()
+    events = EventWriter(paths.events, observer=keeper, on_full=run_reserve.release)
     stop = StopFlag()
     stop.install_signal_handlers()
     say = progress or (lambda message: None)
@@ -248,20 +326,27 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
                     python=sys.version.split()[0])
         return _train(run, resume_from, on_step, say)
     except LoradeckError as exc:
-        events.emit("error", message=str(exc), kind=type(exc).__name__)
+        try:
+            events.emit("error", message=str(exc), kind=type(exc).__name__)
+        except OSError:
+            pass
         say(f"error: {exc}")
         return exc.exit_code
     except BaseException as exc:  # the run dir must say why the trainer died
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
         if "out of memory" in message.lower():
             message += " — lower train.batch_size or data.max_length, or set model.load_in_4bit=true"
-        events.emit("error", message=message, step=run.trainer.state.global_step if run.trainer else None,
-                    traceback=traceback.format_exc()[-4000:])
+        try:
+            events.emit("error", message=message, step=run.trainer.state.global_step if run.trainer else None,
+                        traceback=traceback.format_exc()[-4000:])
+        except OSError:
+            pass  # a disk with no room even after the reserve: trainer.log and the exit code still say it
         say(f"error: {message}")
         return 1
     finally:
         events.close()
         keeper.flush()
+        run_reserve.release()
         try:
             if paths.pid_file.read_text().strip() == str(os.getpid()):
                 paths.pid_file.unlink()
@@ -278,7 +363,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     from engine.models.loading import best_device, dtype_choice
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
-    from engine.train.handoff import describe_data_files
+    from engine.train.handoff import snapshot_data_files
 
     config, events = run.config, run.events
     bundle_state = None
@@ -297,10 +382,10 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.fingerprint = base_fingerprint(model, config.model.name)
     if bundle_state is not None:
         check_fingerprint(bundle_state, run.fingerprint)
+    run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: the bundles carry what was read
     data = prepare_data(config.data, tokenizer, config.train.seed)
     run.train_rows = len(data.train)
     run.eval_batches = math.ceil(len(data.eval) / config.train.batch_size)
-    run.data_files = describe_data_files(config)
     for note in data.notes:
         events.emit("warning", message=note)
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)

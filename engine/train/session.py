@@ -247,9 +247,9 @@ class SessionRun(TrainingRun):
         return self.clock.final_eval_fits(self.step_seconds, self.save_seconds, eval_batches)
 
     def after_step(self, state, control) -> None:
-        if not self.save_seconds:
+        if not self.save_seconds and not self.save_failures:
             # Save time is measured on a real save, early, so the margin never rests on a guess.
-            self.save("first")
+            self.request_save("first")
 
     def handle_command(self, command: dict[str, Any], state) -> None:
         if command["command"] != "extend":

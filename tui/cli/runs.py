@@ -3,6 +3,8 @@ stop, save."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -181,7 +183,8 @@ def _cmd_train(args) -> int:
 def _cmd_resume(args) -> int:
     from engine.config import save_config
     from engine.train.handoff import open_bundle
-    from engine.train.launcher import new_run_dir, prepare_run_dir, stage_bundle
+    from engine.errors import RunError
+    from engine.train.launcher import discard_unstarted_run, new_run_dir, prepare_run_dir, stage_bundle
 
     from engine.train.session import check_session
 
@@ -195,9 +198,31 @@ def _cmd_resume(args) -> int:
     paths = prepare_run_dir(run_dir, bundle.config)
     # The run resumes from its own copy, so the source bundle is never touched and may be deleted later;
     # data that travelled in the bundle is read from that copy too.
-    staged = open_bundle(stage_bundle(bundle.path, paths.root), overrides)
+    try:
+        with _sigterm_interrupts():
+            staged = open_bundle(stage_bundle(bundle.path, paths.root), overrides)
+    except KeyboardInterrupt:
+        discard_unstarted_run(paths)
+        raise RunError(f"resume interrupted while copying the bundle: nothing was started and the half-made "
+                       f"{paths.root} is removed — run the same command again") from None
+    except BaseException:
+        discard_unstarted_run(paths)
+        raise
     save_config(staged.config, paths.config)
     return _start_training(args, staged.config, paths, resume_from=staged.path)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block SIGTERM (a closing SSH session, `kill`) interrupts like Ctrl-C, so cleanup runs."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_extend(args) -> int:
