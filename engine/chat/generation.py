@@ -166,6 +166,36 @@ def _common_random_sampler(seed: int, rows: int):
     return CommonRandomSampler()
 
 
+PREFILL_CHUNK_TOKENS = 256  # a long prompt is read this many tokens at a time, so cancel lands between pieces
+
+
+def _prefill_in_chunks(model, encoded: dict, adapter_names: list[str] | None, should_stop: Callable[[], bool] | None):
+    """Read all but the last prompt token into a KV cache, one chunk at a time, asking `should_stop` between
+    chunks: a 10k-token prompt no longer holds the worker for a whole uninterruptible forward pass.
+
+    Returns the cache for `generate` to continue from, False when the prompt is short enough for `generate`
+    to read in one go, or None when stopped.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    length = input_ids.shape[1]
+    if should_stop is None or length <= PREFILL_CHUNK_TOKENS:
+        return False
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate computes them for left padding
+    cache = DynamicCache()
+    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    for start in range(0, length - 1, PREFILL_CHUNK_TOKENS):
+        if should_stop():
+            return None
+        end = min(start + PREFILL_CHUNK_TOKENS, length - 1)
+        model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :end], position_ids=positions[:, start:end],
+              past_key_values=cache, use_cache=True, cache_position=torch.arange(start, end, device=input_ids.device),
+              **extra)
+    return None if should_stop() else cache
+
+
 def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, *,
                  adapter_names: list[str] | None = None, on_text: Callable[[int, str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
@@ -219,7 +249,13 @@ def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], se
     torch.manual_seed(settings.seed)
     started = time.monotonic()
     with torch.inference_mode():
-        model.generate(**encoded, **kwargs)
+        cache = _prefill_in_chunks(model, encoded, adapter_names, should_stop)
+        if cache is None:
+            cancelled[0] = True
+        else:
+            if cache is not False:
+                kwargs["past_key_values"] = cache
+            model.generate(**encoded, **kwargs)
     seconds = time.monotonic() - started
     answers = []
     for row in range(rows):

@@ -56,10 +56,53 @@ def _describe_failure(exc: BaseException) -> str:
     return f"generation failed: {_one_line(exc)}"
 
 
+MAX_PANES = 8
+MAX_MESSAGES = 1000
+ROLES = ("system", "user", "assistant")
+SETTING_TYPES = {"max_new_tokens": int, "temperature": (int, float), "top_p": (int, float), "seed": int}
+
+
+def parse_generate(request: dict[str, Any]):
+    """The panes and settings of a `generate` request; ModelError naming the first thing wrong with it."""
+    from engine.chat.generation import GenerationSettings, Pane
+    from engine.errors import ModelError
+
+    panes = request.get("panes")
+    if not isinstance(panes, list) or not 1 <= len(panes) <= MAX_PANES:
+        raise ModelError(f"a generate request needs \"panes\": a list of 1–{MAX_PANES} panes")
+    parsed = []
+    for number, pane in enumerate(panes, 1):
+        if not isinstance(pane, dict) or not isinstance(pane.get("label"), str):
+            raise ModelError(f"pane {number}: needs a \"label\" (text) and \"messages\"")
+        messages = pane.get("messages")
+        if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_MESSAGES:
+            raise ModelError(f"pane {number}: \"messages\" must be a list of 1–{MAX_MESSAGES} messages")
+        for turn, message in enumerate(messages, 1):
+            if (not isinstance(message, dict) or message.get("role") not in ROLES
+                    or not isinstance(message.get("content"), str) or set(message) - {"role", "content"}):
+                raise ModelError(f"pane {number}, message {turn}: must be {{\"role\": system|user|assistant, "
+                                 "\"content\": text}")
+        parsed.append(Pane(pane["label"], [{"role": m["role"], "content": m["content"]} for m in messages]))
+    settings = request.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ModelError("\"settings\" must be an object")
+    for key, value in settings.items():
+        kinds = SETTING_TYPES.get(key)
+        if kinds is None:
+            raise ModelError(f"unknown setting {key!r} — known: {', '.join(SETTING_TYPES)}")
+        if isinstance(value, bool) or not isinstance(value, kinds) or value != value or value in (float("inf"),
+                                                                                                  float("-inf")):
+            raise ModelError(f"setting {key} = {value!r} is not a finite number of the right kind")
+    if not 0 <= settings.get("seed", 0) < 2 ** 63:
+        raise ModelError("setting seed must be between 0 and 2^63 - 1")
+    return parsed, GenerationSettings(**settings)
+
+
 def serve(requests: TextIO, emit: _EventSink) -> None:
-    """Answer requests until `quit` or end of input. `cancel` takes effect within one token."""
-    from engine.chat.generation import ChatModels, GenerationSettings, Pane
-    from engine.errors import LoradeckError
+    """Answer requests until `quit` or end of input. `cancel` takes effect within one token, or within one
+    prompt chunk while a long prompt is still being read."""
+    from engine.chat.generation import ChatModels
+    from engine.errors import LoradeckError, ModelError
 
     pending: queue.Queue = queue.Queue()
     cancel = threading.Event()
@@ -92,6 +135,10 @@ def serve(requests: TextIO, emit: _EventSink) -> None:
             return
         try:
             if op == "load":
+                if not isinstance(request.get("base"), str) or not isinstance(request.get("adapters") or [], list) \
+                        or not all(isinstance(path, str) for path in request.get("adapters") or []):
+                    raise ModelError("a load request needs \"base\" (a model name or folder) and \"adapters\" "
+                                     "(a list of adapter folders)")
                 leave_bitsandbytes_unimported(bool(request.get("load_in_4bit")))
                 emit("status", message=f"loading {request['base']}…")
                 models = ChatModels(request["base"], [], load_in_4bit=bool(request.get("load_in_4bit")),
@@ -105,13 +152,14 @@ def serve(requests: TextIO, emit: _EventSink) -> None:
             elif models is None:
                 emit("error", id=request.get("id"), message="no model loaded yet", fatal=False)
             elif op == "add_adapter":
+                if not isinstance(request.get("path"), str):
+                    raise ModelError("an add_adapter request needs \"path\" (an adapter folder)")
                 label = models.add_adapter(request["path"])
                 emit("adapter", label=label, path=str(models.adapter_paths[label]), memory=models.memory())
             elif op == "generate":
                 cancel.clear()
                 request_id = request.get("id")
-                settings = GenerationSettings(**(request.get("settings") or {}))
-                panes = [Pane(p["label"], p["messages"]) for p in request["panes"]]
+                panes, settings = parse_generate(request)
                 result = models.answer(panes, settings, should_stop=cancel.is_set,
                                        on_text=lambda pane, text: emit("text", id=request_id, pane=pane, text=text))
                 emit("done", id=request_id, answers=[vars(a) for a in result.answers],

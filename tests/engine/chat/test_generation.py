@@ -171,3 +171,63 @@ def test_worker_process_streams_reports_errors_and_keeps_serving(chatty_model_di
     finally:
         client.stop()
     assert client.process.poll() is not None
+
+
+LONG_PROMPT = [{"role": "user", "content": " ".join(f"word{i}" for i in range(260))}]  # ~800 tokens: 4 chunks
+
+
+def test_a_long_prompt_read_in_chunks_answers_exactly_as_in_one_pass(models):
+    settings = GenerationSettings(max_new_tokens=10)
+    panes = [Pane(BASE_LABEL, LONG_PROMPT), Pane("first", QUESTION)]  # left padding under the chunks too
+    one_pass = models.answer(panes, settings)
+    chunked = models.answer(panes, settings, should_stop=lambda: False)
+    assert [a.text for a in chunked.answers] == [a.text for a in one_pass.answers]
+    assert any(a.text for a in chunked.answers)
+
+
+def test_cancel_lands_while_a_long_prompt_is_still_being_read(models):
+    forwards = []
+    handle = models.model.register_forward_hook(lambda module, args, output: forwards.append(1))
+    polls = []
+    try:
+        result = models.answer([Pane(BASE_LABEL, LONG_PROMPT)], GenerationSettings(max_new_tokens=10),
+                               should_stop=lambda: polls.append(1) or len(polls) >= 2)
+    finally:
+        handle.remove()
+    assert result.answers[0].stopped_by == "cancelled" and result.answers[0].new_tokens == 0
+    assert len(forwards) == 1, "one chunk read, then the cancel was seen before the next"
+
+
+BAD_REQUESTS = [
+    ({"op": "generate", "panes": "x"}, "panes"),
+    ({"op": "generate", "panes": [{"label": "base"}]}, "messages"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": [{"role": "robot", "content": "hi"}]}]}, "role"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": [{"role": "user", "content": 5}]}]}, "role"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": QUESTION}], "settings": {"top_k": 5}},
+     "unknown setting 'top_k'"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": QUESTION}], "settings": {"temperature": "hot"}},
+     "finite number"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": QUESTION}], "settings": {"max_new_tokens": 1e9}},
+     "finite number"),
+    ({"op": "generate", "panes": [{"label": "base", "messages": QUESTION}] * 9}, "1–8 panes"),
+    ({"op": "add_adapter", "path": ["x"]}, "path"),
+]
+
+
+def test_every_malformed_request_is_refused_in_one_line_and_the_worker_keeps_serving(models):
+    import io
+    import json
+
+    from engine.chat import worker
+
+    events = []
+    lines = [json.dumps(request) for request, _ in BAD_REQUESTS]
+    lines.append(json.dumps({"op": "generate", "id": "ok", "panes": [{"label": "base", "messages": QUESTION}],
+                             "settings": {"max_new_tokens": 3}}))
+    requests = io.StringIO(json.dumps({"op": "load", "base": str(models.base_name)}) + "\n" + "\n".join(lines) + "\n")
+    worker.serve(requests, lambda event, **fields: events.append({"event": event, **fields}))
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert len(errors) == len(BAD_REQUESTS)
+    for (request, expected), message in zip(BAD_REQUESTS, errors):
+        assert expected in message and "\n" not in message, (request, message)
+    assert [e for e in events if e["event"] == "done"][0]["id"] == "ok"
