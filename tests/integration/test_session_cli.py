@@ -12,6 +12,8 @@ import pytest
 
 from engine.train.checkpoint import verify_checkpoint
 from engine.run.events import read_events
+from engine.run.history import RunHistory
+from engine.run.status import summarize_run
 from tests.integration.test_train_cli import DEMO, loradeck, steps_logged, tiny_sets, wait_for
 
 
@@ -142,3 +144,8 @@ def test_sigkill_during_saves_keeps_the_previous_bundle_loadable(tiny_model_dir,
         os.kill(int((run_dir / "trainer.pid").read_text()), signal.SIGKILL)
         time.sleep(0.2)
         load_bundle_adapter(run_dir / "handoff", tiny_model_dir)
+        # the CLI, the monitor and Home all see the killed run as lost, at once
+        monitor, home = RunHistory(run_dir), RunHistory(run_dir, curves=False)
+        monitor.poll()
+        home.poll()
+        assert summarize_run(run_dir).status == monitor.summary.status == home.summary.status == "lost"

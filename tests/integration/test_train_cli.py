@@ -93,3 +93,39 @@ def test_bad_config_and_bad_data_are_one_line_errors(tiny_model_dir, tmp_path):
     assert "bad.jsonl:2: invalid JSON" in error["message"]
     status = loradeck("status", str(tmp_path / "run"))
     assert "[failed]" in status.stdout and "bad.jsonl:2" in status.stdout
+
+
+def test_run_directories_that_cannot_be_made_or_saved_into_are_refused_in_one_line(tiny_model_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = loradeck("train", DEMO, "--runs-dir", str(blocker / "runs"), *tiny_sets(tiny_model_dir))
+    assert result.returncode != 0 and "cannot create the run directory" in result.stderr
+    assert "unexpected error" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    not_utf8 = os.fsencode(tmp_path) + b"/run-\xff"
+    result = subprocess.run([*LORADECK, "train", DEMO, "--run-dir", not_utf8, *tiny_sets(tiny_model_dir)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "not valid UTF-8" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(not_utf8), "nothing was created"
+
+
+def test_resume_interrupted_while_copying_the_bundle_says_so_and_leaves_nothing(tiny_model_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    from engine.train import launcher
+    from engine.train.run import run_training
+    from tests.conftest import tiny_config
+    from tui.cli.main import main
+
+    assert run_training(tmp_path / "first", tiny_config(tiny_model_dir, "train.max_steps=1")) == 0
+    copy = launcher.stage_bundle
+
+    def interrupted_copy(bundle, run_dir):
+        copy(bundle, run_dir)
+        os.kill(os.getpid(), signal.SIGTERM)  # the SSH session closes mid-copy
+
+    monkeypatch.setattr(launcher, "stage_bundle", interrupted_copy)
+    target = tmp_path / "second"
+    handler = signal.getsignal(signal.SIGTERM)
+    code = main(["resume", str(tmp_path / "first" / "handoff"), "--run-dir", str(target), "--foreground"])
+    error = capsys.readouterr().err
+    assert code != 0 and "resume interrupted while copying the bundle" in error and not target.exists()
+    assert signal.getsignal(signal.SIGTERM) == handler, "the CLI's own SIGTERM handling is restored"

@@ -118,3 +118,20 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
                 deadline = time.time() + 60
                 while trainer_pid(run_dir) and time.time() < deadline:
                     time.sleep(0.2)
+
+
+async def test_starting_a_run_where_no_run_directory_can_be_made_is_a_notice_not_a_crash(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the runs folder should be")
+    app = LoradeckApp(runs_dir=blocker / "runs", config_path=DEMO)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        await pilot.press("f5")
+        for _ in range(50):
+            await pilot.pause(0.1)
+            messages = [n.message for n in app._notifications]
+            if any("cannot create the run directory" in m for m in messages):
+                break
+        assert any("cannot create the run directory" in m and "--runs-dir" in m for m in messages), messages
+        assert isinstance(app.screen, NewRunScreen), "the form stays open to fix and retry"

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in COMMAND_GROUPS:
         group.add_parsers(sub)
+    for command in sub.choices.values():  # global options also work after the command
+        command.add_argument("--runs-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
