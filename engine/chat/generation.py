@@ -166,12 +166,16 @@ def _common_random_sampler(seed: int, rows: int):
     return CommonRandomSampler()
 
 
-PREFILL_CHUNK_TOKENS = 256  # a long prompt is read this many tokens at a time, so cancel lands between pieces
+PREFILL_FIRST_CHUNK = 64  # tokens; later chunks are sized so each takes about PREFILL_CHUNK_SECONDS
+PREFILL_CHUNK_SECONDS = 0.2
+PREFILL_MAX_CHUNK = 4096
 
 
 def _prefill_in_chunks(model, encoded: dict, adapter_names: list[str] | None, should_stop: Callable[[], bool] | None):
     """Read all but the last prompt token into a KV cache, one chunk at a time, asking `should_stop` between
-    chunks: a 10k-token prompt no longer holds the worker for a whole uninterruptible forward pass.
+    chunks: a 10k-token prompt no longer holds the worker for a whole uninterruptible forward pass. Chunks are
+    sized from the time the last one took (small on a CPU, large on a GPU), so cancel lands within about
+    `PREFILL_CHUNK_SECONDS`.
 
     Returns the cache for `generate` to continue from, False when the prompt is short enough for `generate`
     to read in one go, or None when stopped.
@@ -181,18 +185,25 @@ def _prefill_in_chunks(model, encoded: dict, adapter_names: list[str] | None, sh
 
     input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
     length = input_ids.shape[1]
-    if should_stop is None or length <= PREFILL_CHUNK_TOKENS:
+    if should_stop is None or length <= PREFILL_FIRST_CHUNK * 2:
         return False
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate computes them for left padding
     cache = DynamicCache()
     extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    for start in range(0, length - 1, PREFILL_CHUNK_TOKENS):
+    start, size = 0, PREFILL_FIRST_CHUNK
+    while start < length - 1:
         if should_stop():
             return None
-        end = min(start + PREFILL_CHUNK_TOKENS, length - 1)
+        end = min(start + size, length - 1)
+        began = time.monotonic()
         model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :end], position_ids=positions[:, start:end],
               past_key_values=cache, use_cache=True, cache_position=torch.arange(start, end, device=input_ids.device),
               **extra)
+        if input_ids.device.type == "cuda":
+            torch.cuda.synchronize()
+        took = max(time.monotonic() - began, 1e-4)
+        size = max(16, min(PREFILL_MAX_CHUNK, int((end - start) * PREFILL_CHUNK_SECONDS / took)))
+        start = end
     return None if should_stop() else cache
 
 

@@ -89,6 +89,7 @@ class TrainingRun:
         self.last_save_bytes = 0
         self.pending_saves: list[str] = []
         self.save_failures = 0
+        self.saves_skipped_in_a_row = 0
 
     def samples_consumed(self, global_step: int) -> int:
         """Training rows used so far, counting partial last batches of finished epochs exactly."""
@@ -161,13 +162,12 @@ class TrainingRun:
         if not final and self.last_save_bytes:
             free = free_bytes(self.paths.root)
             if free < self.last_save_bytes * 1.2 + RESERVE_BYTES:
-                self.save_failures += 1
-                self.events.emit("warning", step=step, kind="disk", message=(
-                    f"skipped the {reason} checkpoint at step {step}: {free / 1e6:.0f} MB free, a checkpoint takes "
-                    f"about {self.last_save_bytes / 1e6:.0f} MB — {self.kept_saves()} kept; {DISK_ADVICE}"))
+                self.save_skipped(step, f"skipped the {reason} checkpoint at step {step}: {free / 1e6:.0f} MB free, "
+                                        f"a checkpoint takes about {self.last_save_bytes / 1e6:.0f} MB — "
+                                        f"{self.kept_saves()} kept; {DISK_ADVICE}")
                 return None
         try:
-            return self._write_save(step, reason, final)
+            saved = self._write_save(step, reason, final, skipped=self.saves_skipped_in_a_row)
         except Exception as exc:
             if not is_disk_full(exc, self.paths.root):
                 raise
@@ -175,9 +175,20 @@ class TrainingRun:
             message = f"disk full while saving step {step}: {self.kept_saves()} intact; {DISK_ADVICE}"
             if final:
                 raise RunError(message) from None
-            self.save_failures += 1
-            self.events.emit("warning", step=step, kind="disk", message=message)
+            self.save_skipped(step, message)
             return None
+        if self.saves_skipped_in_a_row:
+            self.saves_skipped_in_a_row = 0
+            self.reserve.hold()  # the disk has room again: so does the reserve
+        return saved
+
+    def save_skipped(self, step: int, message: str) -> None:
+        """Count a save the disk had no room for; warn at the first of a streak only (the checkpoint event that
+        ends the streak says how many were skipped)."""
+        self.save_failures += 1
+        self.saves_skipped_in_a_row += 1
+        if self.saves_skipped_in_a_row == 1:
+            self.events.emit("warning", step=step, kind="disk", message=message)
 
     def kept_saves(self) -> str:
         """What the user still has after a failed save: 'checkpoint step 40 and the handoff from step 40'."""
@@ -191,7 +202,7 @@ class TrainingRun:
             return "nothing was saved before it, so nothing is"
         return " and ".join(parts) + (" are" if len(parts) > 1 else " is")
 
-    def _write_save(self, step: int, reason: str, final: bool) -> Path:
+    def _write_save(self, step: int, reason: str, final: bool, skipped: int = 0) -> Path:
         from engine.train.checkpoint import write_linked_folder
         from engine.train.handoff import write_handoff
 
@@ -212,7 +223,7 @@ class TrainingRun:
         self.save_seconds.append(elapsed)
         self.last_saved_step = step
         self.events.emit("checkpoint", step=step, path=str(target), handoff=str(handoff), reason=reason,
-                         seconds=round(elapsed, 3), final=final)
+                         seconds=round(elapsed, 3), final=final, **({"skipped_saves": skipped} if skipped else {}))
         self.events.sync()
         return target
 

@@ -173,7 +173,7 @@ def test_worker_process_streams_reports_errors_and_keeps_serving(chatty_model_di
     assert client.process.poll() is not None
 
 
-LONG_PROMPT = [{"role": "user", "content": " ".join(f"word{i}" for i in range(260))}]  # ~800 tokens: 4 chunks
+LONG_PROMPT = [{"role": "user", "content": " ".join(f"word{i}" for i in range(260))}]  # ~800 tokens: several chunks
 
 
 def test_a_long_prompt_read_in_chunks_answers_exactly_as_in_one_pass(models):
