@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench faults clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/tui_performance.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/inspect_speed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/chat_generation.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/large_log.py
+
+# The fault matrix: kills, a full disk (root: a tmpfs per trial), races, hostile input (~25 min on 2 cores).
+faults: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fault_matrix.py
 
 clean:
 	rm -rf $(VENV)

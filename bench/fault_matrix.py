@@ -274,7 +274,7 @@ def disk_full(model: Path, root: Path, trials: int, rng: random.Random) -> Row |
             row.steps_lost.append(last_step(run_dir) - max(newest_intact_step(run_dir), 0))
         finally:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-    row.notes.insert(0, "steps lost: 0 when the disk was freed; when it stays full, the steps since it filled")
+    row.notes.insert(0, "steps lost: logged steps after the newest intact save when the run ended")
     return row
 
 
@@ -388,7 +388,7 @@ def chat_requests(model: Path, root: Path) -> list[Row]:
     send({"op": "load", "base": str(model), "adapters": []})
     assert next_event()["event"] == "ready"
     question = [{"role": "user", "content": "Hello?"}]
-    hostile = [(f"request: {json.dumps(request)[:60]}", request) for request, _ in BAD_REQUESTS]
+    hostile = [(f"request refused for '{expected}'", request) for request, expected in BAD_REQUESTS]
     hostile += [("line: [1, 2]", "[1, 2]"), ("line: not JSON", "not json at all"), ("line: a bare string", '"stop"'),
                 ("prompt beyond the context", {"op": "generate", "id": "long", "panes": [
                     {"label": "base", "messages": [{"role": "user", "content": "word " * 5000}]}]})]
