@@ -83,6 +83,9 @@ class TrainSection:
     log_every: int = spec(1, "Write a step event every N steps.", minimum=1)
     group_by_length: bool = spec(True, "Batch rows of similar length together: less padding, faster steps; "
                                        "every row still once per epoch, in an order fixed by the seed.")
+    packing: str = spec("auto", "Lay each micro-batch's rows end to end with no padding, each row attending only "
+                                "to itself (checked on the model before training). auto: on with a CUDA GPU.",
+                        choices=("auto", "on", "off"))
     report_to: list[str] = spec([], "Extra loggers passed through to TRL, e.g. [\"tensorboard\"].")
 
 

@@ -74,9 +74,29 @@ def padding_share(real_tokens: int, batch_tokens: int) -> float | None:
     return round(1.0 - real_tokens / batch_tokens, 4) if batch_tokens > 0 else None
 
 
-def make_collator(pad_token_id: int):
-    """Right-pad input_ids/labels to the longest sample in the batch."""
+def make_collator(pad_token_id: int, *, packed: bool = False):
+    """Right-pad input_ids/labels to the longest sample in the batch, or with `packed` lay the rows end to end.
+
+    A packed batch is one sequence with no padding: position ids restart at each row (transformers then builds a
+    block-diagonal causal mask, so no row attends to another; `packing_isolates_rows` verifies it on the real
+    model), and `shift_labels` holds each row's own next-token targets, so the last token of one row is never
+    trained to predict the first of the next and the loss counts exactly the tokens the padded batch would.
+    """
     import torch
+
+    def collate_packed(features: list[dict[str, Any]]) -> dict[str, Any]:
+        input_ids, labels, shift_labels, positions = [], [], [], []
+        for feature in features:
+            row_labels = list(feature["labels"])
+            input_ids += feature["input_ids"]
+            labels += row_labels
+            shift_labels += row_labels[1:] + [-100]
+            positions += range(len(feature["input_ids"]))
+        return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+                "shift_labels": torch.tensor([shift_labels]), "position_ids": torch.tensor([positions])}
+
+    if packed:
+        return collate_packed
 
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -100,3 +120,47 @@ def planned_steps(config: RunConfig, train_rows: int, world_size: int = 1) -> in
     return max(1, math.ceil(math.ceil(train_rows / (config.train.batch_size * world_size))
                             / config.train.grad_accum * config.train.epochs))
 
+
+
+def packing_isolates_rows(model, vocab_size: int) -> tuple[bool, str]:
+    """Whether this model, as loaded, keeps packed rows apart: a short row's logits packed behind another row
+    must equal its logits alone. (False, why) when they differ or the forward fails, so packing falls back to
+    padded batches instead of silently mixing rows."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
+    second = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
+    collate = make_collator(0, packed=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = collate([{"input_ids": first, "labels": first}, {"input_ids": second, "labels": second}])
+            alone = collate([{"input_ids": second, "labels": second}])
+            together = model(input_ids=packed["input_ids"].to(device),
+                             position_ids=packed["position_ids"].to(device)).logits[0, len(first):].float()
+            apart = model(input_ids=alone["input_ids"].to(device),
+                          position_ids=alone["position_ids"].to(device)).logits[0].float()
+    except Exception as exc:  # an attention path that cannot take packed input at all
+        return False, f"a packed forward pass failed ({type(exc).__name__}: {str(exc).strip()[:120]})"
+    finally:
+        model.train(was_training)
+    difference = float((together - apart).abs().max())
+    scale = float(apart.abs().max()) or 1.0
+    if difference > 1e-2 * scale:
+        return False, (f"rows packed together influence each other under this attention implementation "
+                       f"(logits differ by {difference:.3g})")
+    return True, f"each row attends only to itself (checked: logits equal within {difference:.1e})"
+
+
+def packing_choice(setting: str, device: str, model, vocab_size: int) -> tuple[bool, str]:
+    """(pack or not, why) for `train.packing`: auto packs on CUDA; either way only after the isolation check."""
+    if setting == "off" or (setting == "auto" and device != "cuda"):
+        return False, "train.packing = off" if setting == "off" else \
+            "auto: padded, length-grouped batches on a CPU (packing pays on a GPU)"
+    isolated, why = packing_isolates_rows(model, vocab_size)
+    if not isolated:
+        return False, f"not packing: {why}; using padded, length-grouped batches"
+    return True, why

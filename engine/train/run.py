@@ -28,7 +28,7 @@ from engine.run.events import EventWriter
 from engine.run.paths import RunPaths, private_files, require_utf8_path
 from engine.run.space import RESERVE_BYTES, SpaceReserve, folder_bytes, free_bytes, is_disk_full
 from engine.run.status import SummaryKeeper, hold_run_lock
-from engine.train.batches import make_collator, planned_steps
+from engine.train.batches import make_collator, packing_choice, planned_steps
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import (complete_checkpoints, read_state, remove_folder, remove_stale_staging,
                                      write_checkpoint)
@@ -402,25 +402,29 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
     max_steps = planned_steps(config, len(data.train))
+    packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
+    if config.train.packing == "on" and not packed:
+        events.emit("warning", kind="packing", message=packing_reason)
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
-                load_in_4bit=config.model.load_in_4bit,
+                load_in_4bit=config.model.load_in_4bit, packing=packed, packing_reason=packing_reason,
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
                 eval_rows=len(data.eval), max_steps=max_steps)
     say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
     say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")
+    say(f"batches {'packed' if packed else 'padded'}: {packing_reason}")
     if run.stop.reason:
         events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
         return 0
 
-    sft_config = build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device, torch_dtype)
+    sft_config = build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device, torch_dtype, packed)
     callback = run_directory_callback_class()(run, on_step=on_step)
     trainer = loradeck_trainer_class()(
         model=model, args=sft_config, train_dataset=to_dataset(data.train),
         eval_dataset=to_dataset(data.eval) if data.eval else None, processing_class=tokenizer,
-        data_collator=make_collator(tokenizer.pad_token_id), callbacks=[callback])
+        data_collator=make_collator(tokenizer.pad_token_id, packed=packed), callbacks=[callback])
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them

@@ -86,7 +86,8 @@ def loradeck_trainer_class():
     return LoradeckSFTTrainer
 
 
-def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype):
+def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype,
+                     packed: bool = False):
     """SFTConfig with defaults chosen for the device, not TRL's GPU defaults."""
     import torch
     from trl import SFTConfig
@@ -120,7 +121,8 @@ def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=config.data.max_length,
-        include_num_input_tokens_seen="non_padding",
+        # A packed batch has no padding (and no attention mask to find it by): every token is real.
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         disable_tqdm=True,
         use_cpu=device == "cpu",
         save_only_model=True,
