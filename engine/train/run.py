@@ -432,6 +432,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
+    trainer.loradeck_chunked_loss = backend.name == "transformers"  # unsloth brings its own fused loss
     if config.train.group_by_length:
         trainer.loradeck_lengths = [len(sample.input_ids) for sample in data.train]
     if bundle_state is not None:

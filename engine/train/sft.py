@@ -45,11 +45,21 @@ def loradeck_trainer_class():
             self.loradeck_batch_tokens += inputs["input_ids"].numel()  # shape only: no device sync
             return super().training_step(model, inputs, num_items_in_batch)
 
+        loradeck_chunked_loss = False  # the run turns it on for the transformers backend
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             from transformers import Trainer
 
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts
+
+            parts = chunked_loss_parts(self.accelerator.unwrap_model(model)) if self.loradeck_chunked_loss else None
+            if parts is None or "labels" not in inputs or (return_outputs and not self.args.prediction_loss_only):
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            loss = chunked_causal_lm_loss(*parts, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales a summed loss
+            return (loss, {"loss": loss}) if return_outputs else loss
 
         def prediction_step(self, *args, **kwargs):
             if self.loradeck_run is not None and self.loradeck_run.stop.reason:
@@ -126,6 +136,7 @@ def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device
         disable_tqdm=True,
         use_cpu=device == "cpu",
         save_only_model=True,
+        prediction_loss_only=True,  # eval reports its loss only: no logits gathered over the vocabulary
     )
 
 

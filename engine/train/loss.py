@@ -1,0 +1,64 @@
+"""The training loss without the full logits: cross-entropy over the trained positions only, a chunk at a time.
+
+A causal LM's own loss builds fp32 logits for every position over the whole
+vocabulary (batch × length × 49k–128k floats) and keeps them for backward.
+Here the decoder's hidden states are taken once, the positions whose label is
+ignored (prompts, padding, the end of each packed row) are dropped, and the
+output head plus cross-entropy run over the rest in chunks of
+`LOSS_CHUNK_TOKENS`, each recomputed in backward (activation checkpointing),
+so at most one chunk of logits exists at a time. The loss and the LoRA
+gradients equal the model's own (tests/engine/train/test_loss.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = -100
+LOSS_CHUNK_TOKENS = 1024
+
+
+def chunked_loss_parts(model) -> tuple[Any, Any] | None:
+    """(decoder, output head) of a causal LM (under PEFT or not), or None when its loss is not plain
+    cross-entropy over `head(decoder(...))` (logit soft-capping or scaling) and the model must compute it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    if decoder is None or head is None or config is None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    return decoder, head
+
+
+def _chunk_loss(head, hidden, targets):
+    import torch.nn.functional as functional
+
+    return functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_causal_lm_loss(decoder, head, inputs: dict[str, Any], num_items_in_batch=None,
+                           chunk_tokens: int = LOSS_CHUNK_TOKENS):
+    """Next-token cross-entropy of a batch (padded, or packed with `shift_labels`), summed over trained
+    positions and divided by `num_items_in_batch` (the trainer's count across accumulated micro-batches) or by
+    this batch's trained positions."""
+    import torch
+    import torch.nn.functional as functional
+    from torch.utils.checkpoint import checkpoint
+
+    labels = inputs["labels"]
+    targets = inputs.get("shift_labels")
+    if targets is None:
+        targets = functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    forward_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "shift_labels")}
+    hidden = decoder(**forward_inputs, use_cache=False).last_hidden_state
+    targets = targets.reshape(-1).to(hidden.device)
+    trained = targets != IGNORE_INDEX
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1])[trained], targets[trained]
+    total = hidden.sum().float() * 0.0  # keeps the graph when no position of this batch is trained
+    for start in range(0, targets.shape[0], chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], use_reentrant=False)
+    count = num_items_in_batch if num_items_in_batch is not None else trained.sum()
+    return total / count.to(total.device).clamp(min=1) if torch.is_tensor(count) else total / max(int(count), 1)
