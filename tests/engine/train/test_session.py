@@ -131,7 +131,8 @@ def _record_samples(monkeypatch):
             if module.training:
                 for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"]):
                     seen.append(tuple(ids[mask.bool()].tolist()))
-        model.register_forward_pre_hook(hook, with_kwargs=True)
+        # the decoder: the training loss runs it directly (engine/train/loss.py), not the whole PeftModel
+        model.get_base_model().model.register_forward_pre_hook(hook, with_kwargs=True)
         return model, tokenizer
     monkeypatch.setattr(engine.models.backends, "build_peft_model", recording)
     return seen
@@ -273,7 +274,7 @@ def test_sigterm_mid_eval_abandons_the_eval_and_saves_at_once(tiny_model_dir, tm
                 evals_seen.append(1)
                 if len(evals_seen) == 2:  # a real SIGTERM, delivered inside the eval loop
                     os.kill(os.getpid(), signal.SIGTERM)
-        model.register_forward_pre_hook(hook)
+        model.get_base_model().model.register_forward_pre_hook(hook)  # the decoder: the loss runs it directly
         return model, tokenizer
     monkeypatch.setattr(engine.models.backends, "build_peft_model", signalling)
     previous = signal.getsignal(signal.SIGTERM)
