@@ -49,3 +49,11 @@ def theme_rgb(colour: str | None):
     from textual.color import Color
 
     return Color.parse(colour).rgb if colour else None
+
+
+def format_share(value: float | None) -> str:
+    """A 0–1 share as a percentage ('15.6%', '6%'), '—' when unknown (MFU off a GPU of known peak)."""
+    if value is None:
+        return "—"
+    percent = value * 100
+    return f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"

@@ -126,6 +126,8 @@ class RunSummary:
     eval_loss: float | None = None
     learning_rate: float | None = None
     tokens_per_s: float | None = None
+    padding: float | None = None
+    mfu: float | None = None
     started_at: float | None = None
     updated_at: float | None = None
     deadline_at: float | None = None
@@ -165,6 +167,8 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.learning_rate = event.get("lr", summary.learning_rate)
         summary.epoch = event.get("epoch", summary.epoch)
         summary.tokens_per_s = event.get("tokens_per_s", summary.tokens_per_s)
+        summary.padding = event.get("padding", summary.padding)
+        summary.mfu = event.get("mfu", summary.mfu)
     elif kind == "eval":
         summary.eval_loss = event.get("eval_loss", summary.eval_loss)
     elif kind == "checkpoint":

@@ -119,3 +119,48 @@ def host_snapshot() -> dict[str, float | int | None]:
 def collect_telemetry() -> dict[str, Any]:
     """The fields of one `telemetry` event."""
     return {"devices": [asdict(d) for d in device_snapshots()], "process": process_memory(), "host": host_snapshot()}
+
+
+# Dense (no sparsity) tensor-core peaks in FLOP/s for the dtype LoRA trains in on each card (bf16; fp16 on cards
+# without bf16), from NVIDIA's datasheets. Checked in order: the first pattern found in the device name wins.
+DENSE_PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", None),  # not published as a dense tensor figure: MFU is left unknown rather than guessed
+    ("A10", 125e12),
+    ("T4", 65e12),
+    ("V100", 125e12),
+)
+
+
+def dense_peak_flops(device_name: str | None) -> float | None:
+    """The device's dense tensor-core peak FLOP/s from `DENSE_PEAK_FLOPS`, or None when the card is not in the
+    table (or there is no GPU): MFU is then shown as "—", never a guessed number."""
+    if not device_name:
+        return None
+    import re
+
+    for pattern, peak in DENSE_PEAK_FLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(pattern)}(?![A-Za-z0-9])", device_name):
+            return peak
+    return None
+
+
+def lora_flops_per_token(parameters: int, layers: int, hidden: int, tokens_per_row: float) -> float:
+    """Model FLOPs per trained token of LoRA / QLoRA: 4 × parameters (forward, and backward to the inputs of
+    every frozen weight) plus causal attention, 6 × layers × hidden × row length (forward 2, backward 4)."""
+    return 4.0 * parameters + 6.0 * layers * hidden * tokens_per_row
+
+
+def model_flops_utilisation(tokens_per_s: float | None, flops_per_token: float | None,
+                            peak_flops: float | None) -> float | None:
+    """Achieved model FLOP/s over the device's dense peak, or None when any figure is unknown."""
+    if not tokens_per_s or not flops_per_token or not peak_flops:
+        return None
+    return tokens_per_s * flops_per_token / peak_flops

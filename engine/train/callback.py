@@ -33,6 +33,7 @@ def run_directory_callback_class():
             self.last_telemetry = 0.0
             self.last_log_time = None
             self.last_log_tokens = 0
+            self.last_log_step = 0
             self.last_batch_tokens = 0
             self.last_step_end = time.monotonic()
             self.on_step = on_step
@@ -41,6 +42,7 @@ def run_directory_callback_class():
             self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
             self.last_log_time = time.monotonic()
             self.last_log_tokens = state.num_input_tokens_seen or 0
+            self.last_log_step = state.global_step
             self.last_batch_tokens = self.run.trainer.loradeck_batch_tokens if self.run.trainer else 0
             self.last_step_end = time.monotonic()
             # A resumed TrainerState carries the old run's logging/eval/save intervals; this run's config wins.
@@ -105,14 +107,19 @@ def run_directory_callback_class():
             batch_tokens = getattr(self.run.trainer, "loradeck_batch_tokens", 0)
             padding = padding_share(tokens - self.last_log_tokens, batch_tokens - self.last_batch_tokens) \
                 if tokens else None
+            rows = (state.global_step - self.last_log_step) * self.run.config.train.batch_size \
+                * self.run.config.train.grad_accum
+            mfu = self.run.utilisation(tokens_per_s, (tokens - self.last_log_tokens) / rows if rows else None)
             self.last_log_time, self.last_log_tokens, self.last_batch_tokens = now, tokens, batch_tokens
+            self.last_log_step = state.global_step
             loss = float(logs["loss"])
             self.run.loss_tail.append([state.global_step, loss])
             event = self.run.events.emit(
                 "step", step=state.global_step, loss=loss if math.isfinite(loss) else str(loss),
                 lr=logs.get("learning_rate"), grad_norm=_finite(logs.get("grad_norm")),
                 epoch=round(state.epoch or 0.0, 4), tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
-                tokens_seen=tokens, padding=padding, max_steps=state.max_steps)
+                tokens_seen=tokens, padding=padding, mfu=round(mfu, 4) if mfu is not None else None,
+                max_steps=state.max_steps)
             if self.on_step:
                 self.on_step(event)
             self.save_pending()

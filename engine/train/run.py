@@ -88,6 +88,8 @@ class TrainingRun:
         self.reserve = SpaceReserve(paths.root)
         self.last_save_bytes = 0
         self.pending_saves: list[str] = []
+        self.model_shape: tuple[int, int, int] | None = None  # (parameters, layers, hidden) for MFU
+        self.peak_flops: float | None = None
         self.save_failures = 0
         self.saves_skipped_in_a_row = 0
 
@@ -141,6 +143,15 @@ class TrainingRun:
                 rng["cuda"] = torch.cuda.random.get_rng_state()
             files["rng_state.pth"] = rng
         return files
+
+    def utilisation(self, tokens_per_s: float | None, tokens_per_row: float | None) -> float | None:
+        """Model FLOPs utilisation of the last steps, or None off a GPU of known peak."""
+        from engine.run.telemetry import lora_flops_per_token, model_flops_utilisation
+
+        if self.model_shape is None or tokens_per_row is None:
+            return None
+        return model_flops_utilisation(tokens_per_s, lora_flops_per_token(*self.model_shape, tokens_per_row),
+                                       self.peak_flops)
 
     def request_save(self, reason: str) -> None:
         """Ask for a save at the end of this step, once its loss is logged (`save_pending` performs it)."""
@@ -366,6 +377,18 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
         os.close(lock)  # releases the lock: the run is over
 
 
+def device_peak(device: str) -> tuple[str | None, float | None]:
+    """(device name, dense peak FLOP/s or None) of the device training runs on."""
+    from engine.run.telemetry import dense_peak_flops
+
+    if device != "cuda":
+        return None, None
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return name, dense_peak_flops(name)
+
+
 def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     import torch
 
@@ -401,6 +424,10 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         events.emit("warning", message=note)
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
+    device_name, run.peak_flops = device_peak(device)
+    shape = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    shape = getattr(shape, "get_text_config", lambda: shape)()
+    run.model_shape = (total, getattr(shape, "num_hidden_layers", 0), getattr(shape, "hidden_size", 0))
     max_steps = planned_steps(config, len(data.train))
     packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
     if config.train.packing == "on" and not packed:
@@ -408,6 +435,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
                 load_in_4bit=config.model.load_in_4bit, packing=packed, packing_reason=packing_reason,
+                device_name=device_name, peak_flops=run.peak_flops,
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
                 eval_rows=len(data.eval), max_steps=max_steps)

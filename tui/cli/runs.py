@@ -274,7 +274,7 @@ def _cmd_status(args) -> int:
     import time
 
     from engine.run.status import summarize_run
-    from tui.format import format_duration, format_number
+    from tui.format import format_duration, format_number, format_share
 
     if (Path(args.run_dir) / "state.json").is_file() and not (Path(args.run_dir) / "events.jsonl").is_file():
         from engine.train.checkpoint import read_state
@@ -295,7 +295,9 @@ def _cmd_status(args) -> int:
              f"data       {summary.dataset or '—'}",
              f"step       {steps}   epoch {format_number(summary.epoch, 3)}",
              f"loss       {format_number(summary.loss)}   eval {format_number(summary.eval_loss)}   "
-             f"lr {format_number(summary.learning_rate, 3)}   {format_number(summary.tokens_per_s, 4)} tok/s",
+             f"lr {format_number(summary.learning_rate, 3)}",
+             f"speed      {format_number(summary.tokens_per_s, 4)} tok/s   padding {format_share(summary.padding)}   "
+             f"MFU {format_share(summary.mfu)}",
              f"saved      {summary.checkpoints} checkpoints; last {summary.last_checkpoint or '—'}"]
     if summary.deadline_at:
         left = summary.deadline_at - time.time() if summary.status == "running" else summary.time_left_s

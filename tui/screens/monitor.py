@@ -20,7 +20,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import format_bytes, format_duration, format_number, theme_rgb
+from tui.format import format_bytes, format_duration, format_number, format_share, theme_rgb
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
 GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
@@ -99,7 +99,8 @@ def metrics_text(history: RunHistory) -> str:
     lr = history.lr.last()
     parts = [f"loss [b]{format_number(history.loss.last())}[/b]", f"eval [b]{format_number(history.eval_loss.last())}[/b]",
              f"lr {f'{lr:.2e}' if lr is not None else '—'}", f"grad {format_number(history.grad_norm.last(), 3)}",
-             f"{format_number(history.tokens_per_s.last(), 4)} tok/s"]
+             f"{format_number(history.tokens_per_s.last(), 4)} tok/s",
+             f"pad {format_share(history.summary.padding)}"]
     return GAP.join(parts)
 
 
@@ -129,8 +130,8 @@ def device_text(history: RunHistory) -> str:
     for device in event.get("devices") or []:
         used, total = device.get("memory_used"), device.get("memory_total")
         lines.append(f"GPU{device['index']} {(device.get('name') or '')[:18]}")
-        lines.append(f" util {format_number(device.get('utilization_pct'), 3)}%  "
-                     f"VRAM {format_bytes(used)}/{format_bytes(total)}")
+        lines.append(f" util {format_number(device.get('utilization_pct'), 3)}%  MFU {format_share(history.summary.mfu)}")
+        lines.append(f" VRAM {format_bytes(used)}/{format_bytes(total)}")
         lines.append(f" {format_number(device.get('temperature_c'), 3)}°C  {format_number(device.get('power_w'), 3)}"
                      f"/{format_number(device.get('power_limit_w'), 3)} W")
     process = event.get("process") or {}

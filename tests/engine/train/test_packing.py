@@ -67,6 +67,18 @@ def test_each_packed_row_attends_only_to_itself(lora_model):
     assert packing_choice("auto", "cpu", lora_model, vocab)[0] is False, "auto packs on a GPU only"
 
 
+def loradeck_status(run_dir) -> str:
+    import contextlib
+    import io
+
+    from tui.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["status", str(run_dir)]) == 0
+    return out.getvalue()
+
+
 def test_a_packed_run_trains_without_padding_and_matches_the_padded_run(tiny_model_dir, tmp_path):
     losses = {}
     for packing in ("on", "off"):
@@ -82,4 +94,8 @@ def test_a_packed_run_trains_without_padding_and_matches_the_padded_run(tiny_mod
         if packing == "on":
             assert all(e["padding"] == 0 for e in steps) and "attends only to itself" in loaded["packing_reason"]
             assert steps[-1]["tokens_seen"] > 0
+        # on a CPU there is no dense peak to measure against: MFU is unknown, never a guessed number
+        assert loaded["peak_flops"] is None and all("mfu" in e and e["mfu"] is None for e in steps)
+        status = loradeck_status(run_dir)
+        assert "MFU —" in status and f"padding {'0.0%' if packing == 'on' else ''}" in status
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4), "same rows, same order, same losses"
