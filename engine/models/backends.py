@@ -52,15 +52,18 @@ def build_peft_model(config, device: str, backend: BackendChoice, progress):
     """The base model wrapped with a fresh trainable LoRA adapter, and its tokenizer."""
     if backend.name == "unsloth":
         return _build_unsloth(config)
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     from engine.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(config.model.name, progress)
     model = load_model(config.model.name, load_in_4bit=config.model.load_in_4bit, dtype=config.model.dtype,
                        device=device, progress=progress)
-    if config.model.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
+    if config.model.load_in_4bit and config.train.gradient_checkpointing:
+        # Not peft's prepare_model_for_kbit_training: it upcasts embeddings, lm_head and norms to fp32 (on an
+        # 8B model ~2 GB more weights and a 2.2× slower step). They stay in the compute dtype (RMSNorm computes
+        # in fp32 internally anyway); checkpointed blocks only need inputs that require grad.
+        model.enable_input_require_grads()
     model.config.use_cache = False
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                       target_modules=target_modules(config), task_type="CAUSAL_LM", bias="none")

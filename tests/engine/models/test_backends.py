@@ -56,3 +56,23 @@ def test_unsloth_path_calls_its_documented_api(monkeypatch):
                                         "dtype": None, "load_in_4bit": True}
     assert calls["get_peft_model"]["r"] == 8
     assert calls["get_peft_model"]["target_modules"] == LLAMA_LINEAR_MODULES
+
+
+def test_qlora_keeps_embeddings_and_head_in_the_compute_dtype(tiny_model_dir):
+    import torch
+
+    from engine.config import load_config
+    from engine.models.backends import build_peft_model, choose_backend
+
+    config = load_config(None, [f"model.name={tiny_model_dir}", "model.load_in_4bit=true", "model.dtype=bfloat16",
+                                "train.gradient_checkpointing=true"])
+    model, _ = build_peft_model(config, "cpu", choose_backend("transformers", "cpu"), lambda message: None)
+    base = model.get_base_model()
+    assert base.get_input_embeddings().weight.dtype == torch.bfloat16, "no fp32 upcast of the embeddings"
+    assert base.get_output_embeddings().weight.dtype == torch.bfloat16, "no fp32 upcast of lm_head"
+    assert base.model.norm.weight.dtype == torch.bfloat16
+    quantized = base.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert type(quantized).__name__ == "Params4bit" and quantized.dtype == torch.uint8
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n), "fp32 adapters"
+    assert base.get_input_embeddings().weight.nbytes == base.get_input_embeddings().weight.numel() * 2
