@@ -312,8 +312,24 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     SIGTERM/SIGINT and `stop` commands save the adapter before returning.
     """
     paths = RunPaths(Path(run_dir))
+    settle_cuda_allocator()
     with private_files():
         return _own_run_dir(paths, config, resume_from, on_step, run_class, progress)
+
+
+ALLOCATOR_SETTING = "expandable_segments:True"
+
+
+def settle_cuda_allocator() -> str:
+    """Let the CUDA caching allocator grow segments instead of carving fixed blocks (batch shapes change every
+    step; fixed blocks fragment: 19.3 GB reserved for 13.4 GB allocated was measured without it), unless the
+    user chose a setting. Read when CUDA first allocates, so it must run before the model loads. Returns the
+    setting in force."""
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]} (yours)"
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
+    return f"PYTORCH_CUDA_ALLOC_CONF={ALLOCATOR_SETTING}"
 
 
 def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_class, progress) -> int:
@@ -435,7 +451,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
                 load_in_4bit=config.model.load_in_4bit, packing=packed, packing_reason=packing_reason,
-                device_name=device_name, peak_flops=run.peak_flops,
+                device_name=device_name, peak_flops=run.peak_flops, cuda_allocator=settle_cuda_allocator(),
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
                 eval_rows=len(data.eval), max_steps=max_steps)

@@ -99,3 +99,15 @@ def test_a_packed_run_trains_without_padding_and_matches_the_padded_run(tiny_mod
         status = loradeck_status(run_dir)
         assert "MFU —" in status and f"padding {'0.0%' if packing == 'on' else ''}" in status
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4), "same rows, same order, same losses"
+
+
+def test_the_cuda_allocator_grows_segments_unless_the_user_chose(monkeypatch):
+    from engine.train.run import settle_cuda_allocator
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    assert settle_cuda_allocator() == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert settle_cuda_allocator().endswith("(yours)")
+    import os
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
