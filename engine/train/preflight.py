@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
+LOSS_CHUNK_TOKENS = 1024  # as engine/train/loss.py
 
 
 @dataclass
@@ -31,6 +32,7 @@ class PreflightReport:
     longest_tokens: int
     batch_size: int
     measured_peak_bytes: int | None
+    measured_reserved_bytes: int | None
     available_bytes: int
     verdict: str
     reasons: list[str] = field(default_factory=list)
@@ -67,7 +69,8 @@ def estimate_memory(model_config, lora_params: int, total_params: int, dtype, lo
     else:
         # attention inputs/outputs, MLP intermediates (gate, up, act) and norms kept for backward
         per_layer = positions * (10 * hidden + 3 * intermediate) * per_weight
-    logits = positions * vocab * 4 * 3  # fp32 logits, their softmax and the gradient
+    # the chunked loss (engine/train/loss.py) holds fp32 logits, softmax and gradient for one chunk at a time
+    logits = min(positions, LOSS_CHUNK_TOKENS) * vocab * 4 * 3 + positions * hidden * per_weight
     return weights, lora, per_layer * layers + logits
 
 
@@ -126,11 +129,13 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     from engine.models.backends import build_peft_model, choose_backend
     from engine.data.tokenize import prepare_data
     from engine.models.loading import best_device, choose_dtype
+    from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts
 
     device = best_device()
     dtype = choose_dtype(config.model.dtype, device)
     progress(f"loading {config.model.name} on {device}")
-    model, tokenizer = build_peft_model(config, device, choose_backend(config.backend.name, device), progress)
+    backend = choose_backend(config.backend.name, device)
+    model, tokenizer = build_peft_model(config, device, backend, progress)
     data = prepare_data(config.data, tokenizer, config.train.seed)
     trainable, total = model.get_nb_trainable_parameters()
     batch = longest_batch(data.train, config.train.batch_size, tokenizer.pad_token_id)
@@ -140,7 +145,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
         config.train.gradient_checkpointing)
     estimate = weights + lora + activations
     available = _available(device)
-    measured = None
+    measured = reserved = None
     if measure:
         progress(f"probing one forward + backward on the longest batch ({config.train.batch_size} x {tokens} tokens)")
         if config.train.gradient_checkpointing:
@@ -149,15 +154,21 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
         model.train()
         batch = {k: v.to(device) for k, v in batch.items()}
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        parts = chunked_loss_parts(model) if backend.name == "transformers" else None
+
+        def step():  # the loss training computes, so the probe meets the memory training will
+            loss = chunked_causal_lm_loss(*parts, batch) if parts else model(**batch).loss
+            loss.backward()
+            optimizer.step()
+
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-            model(**batch).loss.backward()
-            optimizer.step()
+            step()
             measured = int(torch.cuda.max_memory_allocated())
+            reserved = int(torch.cuda.max_memory_reserved())
         else:
             with _PeakRss() as peak:
-                model(**batch).loss.backward()
-                optimizer.step()
+                step()
             measured = int(peak.peak)
     need = measured if measured is not None else estimate
     ratio = need / available if available else float("inf")
@@ -166,6 +177,9 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
                f"estimate: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW {lora / 1e9:.3f} GB + activations "
                f"{activations / 1e9:.2f} GB for {config.train.batch_size} x {tokens} tokens"]
+    if reserved is not None:
+        reasons.append(f"the CUDA allocator reserved {reserved / 1e9:.2f} GB for it: {(available - reserved) / 1e9:.2f}"
+                       " GB headroom left")
     suggestions = []
     if verdict != FITS:
         if config.train.batch_size > 1:
@@ -183,5 +197,78 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     return PreflightReport(device=device, dtype=str(dtype).replace("torch.", ""), weights_bytes=weights,
                            lora_params=trainable, lora_bytes=lora, activation_bytes=activations,
                            estimate_bytes=estimate, longest_tokens=tokens, batch_size=config.train.batch_size,
-                           measured_peak_bytes=measured, available_bytes=available, verdict=verdict,
+                           measured_peak_bytes=measured, measured_reserved_bytes=reserved,
+                           available_bytes=available, verdict=verdict,
                            reasons=reasons, suggestions=suggestions)
+
+
+@dataclass
+class SpeedReport:
+    """What a few real training steps showed: speed, utilisation, memory, and what fits in the session."""
+
+    device: str
+    steps: int
+    tokens_per_s: float | None
+    mfu: float | None
+    padding: float | None
+    peak_allocated_bytes: int | None
+    peak_reserved_bytes: int | None
+    train_tokens: int
+    epoch_seconds: float | None
+    budget_seconds: float | None
+    epochs_in_budget: float | None
+    lines: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_speed(config, *, steps: int = 8, budget_seconds: float | None = None,
+                  progress=lambda message: None) -> SpeedReport:
+    """Train `steps` real steps in a throwaway run directory (the engine exactly as a run uses it) and report
+    tokens/s, MFU, padding, peak memory, and how many epochs fit in `budget_seconds` (or the config's session
+    budget). The first step (warm-up, compilation, allocator growth) is left out of the speed."""
+    import dataclasses
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from engine.errors import RunError
+    from engine.run.events import read_events
+    from engine.train.run import run_training
+    from engine.train.session import session_budget
+
+    measured = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, max_steps=steps + 1, save_every=0, eval_every=0, log_every=1),
+        session=dataclasses.replace(config.session, budget="", preset="", deadline=""),
+        probe=dataclasses.replace(config.probe, prompts=[]),
+        data=dataclasses.replace(config.data, eval_path="", eval_split=0.0))
+    peaks = _PeakRss()
+    with tempfile.TemporaryDirectory(prefix="loradeck-speed-") as folder, peaks:
+        code = run_training(Path(folder) / "run", measured, progress=progress)
+        events = read_events(Path(folder) / "run" / "events.jsonl")
+    if code:
+        error = next((e["message"] for e in events if e["type"] == "error"), f"exit code {code}")
+        raise RunError(f"the speed probe failed: {error}")
+    loaded = next(e for e in events if e["type"] == "model_loaded")
+    timed = [e for e in events if e["type"] == "step"][1:]
+    median = lambda values: statistics.median(values) if values else None  # noqa: E731
+    speed = median([e["tokens_per_s"] for e in timed if e.get("tokens_per_s")])
+    mfu = median([e["mfu"] for e in timed if e.get("mfu") is not None])
+    padding = median([e["padding"] for e in timed if e.get("padding") is not None])
+    device = loaded.get("device", "cpu")
+    allocated = reserved = None
+    if device == "cuda":
+        import torch
+
+        allocated, reserved = int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
+    else:
+        allocated = int(peaks.peak)
+    train_tokens = int(loaded.get("train_tokens") or 0)
+    epoch_seconds = train_tokens / speed if speed and train_tokens else None
+    budget = budget_seconds if budget_seconds is not None else session_budget(config.session)
+    epochs = budget / epoch_seconds if budget and epoch_seconds else None
+    return SpeedReport(device=loaded.get("device_name") or device, steps=len(timed), tokens_per_s=speed, mfu=mfu,
+                       padding=padding, peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
+                       train_tokens=train_tokens, epoch_seconds=epoch_seconds, budget_seconds=budget,
+                       epochs_in_budget=epochs)

@@ -454,7 +454,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                 device_name=device_name, peak_flops=run.peak_flops, cuda_allocator=settle_cuda_allocator(),
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
-                eval_rows=len(data.eval), max_steps=max_steps)
+                eval_rows=len(data.eval), max_steps=max_steps,
+                train_tokens=sum(len(sample.input_ids) for sample in data.train))
     say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
     say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")

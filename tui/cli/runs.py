@@ -77,6 +77,11 @@ def add_parsers(sub) -> None:
     preflight.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     preflight.add_argument("--no-probe", action="store_true", help="estimate only, skip the measured step")
     preflight.add_argument("--json", action="store_true", help="machine-readable output")
+    preflight.add_argument("--speed", action="store_true",
+                           help="also train a few real steps: tokens/s, MFU, peak memory, epochs that fit the session")
+    preflight.add_argument("--steps", type=int, default=8, help="steps the speed probe times (default 8)")
+    preflight.add_argument("--session", metavar="DURATION", default=None,
+                           help="the session to fit (default: the config's session.budget or preset)")
 
     status = sub.add_parser("status", help="one-shot summary of a run or a handoff bundle",
                             description="Summarise a live or finished run, or a handoff bundle.")
@@ -249,24 +254,58 @@ def _cmd_extend(args) -> int:
 def _cmd_preflight(args) -> int:
     import json
 
-    from engine.config import load_config
-    from engine.train.preflight import WONT_FIT, run_preflight
+    from engine.config import load_config, parse_duration
+    from engine.errors import ConfigError
+    from engine.train.preflight import WONT_FIT, measure_speed, run_preflight
 
     config = load_config(args.config, args.overrides)
     from engine.library_output import leave_bitsandbytes_unimported
 
     leave_bitsandbytes_unimported(config.model.load_in_4bit)
-    report = run_preflight(config, measure=not args.no_probe,
-                           progress=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
+    if not 1 <= args.steps <= 1000:
+        raise ConfigError(f"--steps {args.steps}: give 1–1000 steps for the speed probe")
+    budget = None
+    if args.session is not None:
+        try:
+            budget = parse_duration(args.session)
+        except ValueError as exc:
+            raise ConfigError(f"--session: {exc}") from None
+    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    report = run_preflight(config, measure=not args.no_probe, progress=say)
+    speed = None
+    if args.speed and report.verdict != WONT_FIT:
+        say(f"timing {args.steps} real training steps…")
+        speed = measure_speed(config, steps=args.steps, budget_seconds=budget, progress=say)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), **({"speed": speed.to_dict()} if speed else {})}, indent=2))
     else:
         print(f"verdict: {report.verdict.upper()}")
         for reason in report.reasons:
             print(f"  {reason}")
         for suggestion in report.suggestions:
             print(f"  try: {suggestion}")
+        if speed:
+            print("\n".join(speed_lines(speed)))
     return 1 if report.verdict == WONT_FIT else 0
+
+
+def speed_lines(speed) -> list[str]:
+    """The speed probe for a person: speed, utilisation, memory, and what fits in the session."""
+    from tui.format import format_bytes, format_duration, format_number, format_share
+
+    memory = f"peak {format_bytes(speed.peak_allocated_bytes)}" + (
+        f" allocated, {format_bytes(speed.peak_reserved_bytes)} reserved" if speed.peak_reserved_bytes else " RSS")
+    lines = [f"speed: {format_number(speed.tokens_per_s, 4)} tok/s   MFU {format_share(speed.mfu)}   padding "
+             f"{format_share(speed.padding)}   ({speed.steps} steps timed on {speed.device})",
+             f"  memory: {memory}"]
+    if speed.epoch_seconds:
+        lines.append(f"  one epoch: {speed.train_tokens:,} tokens ≈ {format_duration(speed.epoch_seconds)}")
+    if speed.epochs_in_budget is not None:
+        lines.append(f"  session: {speed.epochs_in_budget:.1f} epochs fit in {format_duration(speed.budget_seconds)}"
+                     " (before loading and saves)")
+    else:
+        lines.append("  session: no budget given (--session 9h30m, or session.budget in the config)")
+    return lines
 
 
 def _cmd_status(args) -> int:

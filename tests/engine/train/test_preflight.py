@@ -29,3 +29,27 @@ def test_a_run_too_big_for_memory_gets_wont_fit_and_the_knobs(tiny_model_dir, mo
     assert report.verdict == WONT_FIT
     joined = " ".join(report.suggestions)
     assert "train.batch_size=2" in joined and "gradient_checkpointing" in joined and "load_in_4bit" in joined
+
+
+def test_the_speed_probe_times_real_steps_and_says_what_fits_in_the_session(tiny_model_dir, capsys):
+    import json
+
+    import pytest
+
+    from engine.train.preflight import measure_speed
+    from tests.conftest import SAMPLE_DATA, tiny_config
+    from tui.cli.main import main
+
+    speed = measure_speed(tiny_config(tiny_model_dir, "session.budget=2h"), steps=3)
+    assert speed.steps == 3 and speed.tokens_per_s > 0 and speed.mfu is None and speed.device == "cpu"
+    assert speed.train_tokens > 0 and speed.epoch_seconds == pytest.approx(speed.train_tokens / speed.tokens_per_s)
+    assert speed.epochs_in_budget == pytest.approx(7200 / speed.epoch_seconds), "the config's budget by default"
+    assert speed.peak_allocated_bytes > 0
+    sets = [arg for value in (f"model.name={tiny_model_dir}", "model.dtype=float32", "data.max_length=128",
+                              "train.batch_size=2") for arg in ("--set", value)]
+    demo = str(SAMPLE_DATA / "configs" / "demo.toml")
+    assert main(["preflight", demo, *sets, "--speed", "--steps", "2", "--session", "30m", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "fits" and report["speed"]["budget_seconds"] == 1800
+    assert main(["preflight", demo, *sets, "--speed", "--steps", "0"]) == 2
+    assert "--steps 0: give 1–1000 steps" in capsys.readouterr().err
