@@ -86,6 +86,9 @@ class TrainSection:
     packing: str = spec("auto", "Lay each micro-batch's rows end to end with no padding, each row attending only "
                                 "to itself (checked on the model before training). auto: on with a CUDA GPU.",
                         choices=("auto", "on", "off"))
+    tokens_per_batch: int = spec(0, "With packing: fill each micro-batch with rows up to this many tokens instead of "
+                                    "batch_size rows (steady memory, big GPU batches). 0: batch_size rows.",
+                                 minimum=0)
     report_to: list[str] = spec([], "Extra loggers passed through to TRL, e.g. [\"tensorboard\"].")
 
 

@@ -69,6 +69,42 @@ class LengthGroupedSampler(EpochShuffleSampler):
             [row for batch in short for row in batch]
 
 
+class TokenBudgetPlan:
+    """Micro-batches filled with rows up to a token budget, in the seed's order: a pure function of (seed,
+    epoch), every row once per epoch, so a resumed run replays the same batches. Rows are taken in order; a
+    batch closes when the next row would pass the budget."""
+
+    def __init__(self, lengths: list[int], budget: int, seed: int):
+        self.lengths = list(lengths)
+        self.budget = budget
+        self.order = EpochShuffleSampler(len(lengths), seed)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        batches: list[list[int]] = []
+        current: list[int] = []
+        used = 0
+        for row in self.order.order(epoch):
+            if current and used + self.lengths[row] > self.budget:
+                batches.append(current)
+                current, used = [], 0
+            current.append(row)
+            used += self.lengths[row]
+        if current:
+            batches.append(current)
+        return batches
+
+
+def check_token_budget(budget: int, lengths: list[int], max_length: int) -> None:
+    """ConfigError when a row (after truncation to `max_length`) is longer than the token budget."""
+    from engine.errors import ConfigError
+
+    longest = max(lengths, default=0)
+    if budget and longest > budget:
+        raise ConfigError(f"train.tokens_per_batch = {budget} is smaller than the longest training row, {longest} "
+                          f"tokens after truncation to data.max_length = {max_length} — raise tokens_per_batch to "
+                          f"at least {longest}, or lower data.max_length")
+
+
 def padding_share(real_tokens: int, batch_tokens: int) -> float | None:
     """The fraction of the tokens in padded batches that are padding (None before any batch)."""
     return round(1.0 - real_tokens / batch_tokens, 4) if batch_tokens > 0 else None
@@ -113,12 +149,13 @@ def make_collator(pad_token_id: int, *, packed: bool = False):
     return collate
 
 
-def planned_steps(config: RunConfig, train_rows: int, world_size: int = 1) -> int:
-    """Optimizer steps the run will take: max_steps, or epochs over the data."""
+def planned_steps(config: RunConfig, train_rows: int, world_size: int = 1, batches_per_epoch: int | None = None) -> int:
+    """Optimizer steps the run will take: max_steps, or epochs over the data (`batches_per_epoch` when a token
+    budget, not batch_size, decides the batches)."""
     if config.train.max_steps > 0:
         return config.train.max_steps
-    return max(1, math.ceil(math.ceil(train_rows / (config.train.batch_size * world_size))
-                            / config.train.grad_accum * config.train.epochs))
+    batches = batches_per_epoch or math.ceil(train_rows / (config.train.batch_size * world_size))
+    return max(1, math.ceil(batches / config.train.grad_accum * config.train.epochs))
 
 
 

@@ -28,7 +28,8 @@ from engine.run.events import EventWriter
 from engine.run.paths import RunPaths, private_files, require_utf8_path
 from engine.run.space import RESERVE_BYTES, SpaceReserve, folder_bytes, free_bytes, is_disk_full
 from engine.run.status import SummaryKeeper, hold_run_lock
-from engine.train.batches import make_collator, packing_choice, planned_steps
+from engine.train.batches import (TokenBudgetPlan, check_token_budget, make_collator, packing_choice,
+                                  planned_steps)
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import (complete_checkpoints, read_state, remove_folder, remove_stale_staging,
                                      write_checkpoint)
@@ -95,6 +96,13 @@ class TrainingRun:
 
     def samples_consumed(self, global_step: int) -> int:
         """Training rows used so far, counting partial last batches of finished epochs exactly."""
+        plan = getattr(self.trainer, "loradeck_token_plan", None) if self.trainer is not None else None
+        if plan is not None:  # batches of varying rows: count them from the plan
+            accum = self.config.train.grad_accum
+            steps_per_epoch = max(1, math.ceil(len(plan.batches(0)) / accum))
+            epochs, steps_in_epoch = divmod(global_step, steps_per_epoch)
+            return epochs * len(plan.lengths) + sum(len(batch) for batch in
+                                                    plan.batches(epochs)[:steps_in_epoch * accum])
         per_step = self.config.train.batch_size * self.config.train.grad_accum
         rows = max(self.train_rows, 1)
         steps_per_epoch = max(1, math.ceil(math.ceil(rows / self.config.train.batch_size) / self.config.train.grad_accum))
@@ -444,8 +452,19 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     shape = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     shape = getattr(shape, "get_text_config", lambda: shape)()
     run.model_shape = (total, getattr(shape, "num_hidden_layers", 0), getattr(shape, "hidden_size", 0))
-    max_steps = planned_steps(config, len(data.train))
     packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
+    token_plan = None
+    if config.train.tokens_per_batch:
+        lengths = [len(sample.input_ids) for sample in data.train]
+        check_token_budget(config.train.tokens_per_batch, lengths, config.data.max_length)
+        if packed:
+            token_plan = TokenBudgetPlan(lengths, config.train.tokens_per_batch, config.train.seed)
+            packing_reason += f"; micro-batches of up to {config.train.tokens_per_batch:,} tokens"
+        else:
+            events.emit("warning", kind="packing", message="train.tokens_per_batch needs packed batches: "
+                                                           "batch_size rows per micro-batch instead")
+    max_steps = planned_steps(config, len(data.train),
+                              batches_per_epoch=len(token_plan.batches(0)) if token_plan else None)
     if config.train.packing == "on" and not packed:
         events.emit("warning", kind="packing", message=packing_reason)
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
@@ -478,7 +497,9 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.trainer = trainer
     trainer.loradeck_run = run
     trainer.loradeck_chunked_loss = backend.name == "transformers"  # unsloth brings its own fused loss
-    if config.train.group_by_length:
+    if token_plan is not None:
+        trainer.loradeck_token_plan = token_plan
+    elif config.train.group_by_length:
         trainer.loradeck_lengths = [len(sample.input_ids) for sample in data.train]
     if bundle_state is not None:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],

@@ -34,8 +34,12 @@ def loradeck_trainer_class():
         loradeck_lengths: list[int] | None = None  # token count per training row: batches grouped by length
         loradeck_batch_tokens = 0  # tokens in the padded training batches so far (padding included)
 
+        loradeck_token_plan = None  # a TokenBudgetPlan: micro-batches of up to N tokens instead of batch_size rows
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.loradeck_token_plan is not None:
+                return planned_batches_class()(self.loradeck_token_plan)
             if self.loradeck_lengths is not None and len(self.loradeck_lengths) == len(dataset):
                 return LengthGroupedSampler(self.loradeck_lengths, self.args.per_device_train_batch_size,
                                             self.args.seed)
@@ -94,6 +98,28 @@ def loradeck_trainer_class():
                     group["lr"] = lr
 
     return LoradeckSFTTrainer
+
+
+def planned_batches_class():
+    """A batch sampler yielding a TokenBudgetPlan's batches. It is a `BatchRebalanceSampler` so the Trainer
+    passes it to the DataLoader as its batch sampler (variable rows per batch); one process only."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    class PlannedBatches(BatchRebalanceSampler):
+        def __init__(self, plan):  # noqa: D107 (the base class's arguments are for its own algorithm)
+            self.plan = plan
+            self.sampler = plan.order  # accelerate sets the epoch through `.sampler.set_epoch` when it wraps us
+
+        def set_epoch(self, epoch: int) -> None:
+            self.sampler.set_epoch(epoch)
+
+        def __iter__(self):
+            return iter(self.plan.batches(self.sampler.epoch))
+
+        def __len__(self) -> int:
+            return len(self.plan.batches(self.sampler.epoch))
+
+    return PlannedBatches
 
 
 def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype,

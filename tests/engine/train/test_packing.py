@@ -1,5 +1,7 @@
 """Packed batches: rows end to end with no padding, each row kept apart, the same loss and gradients as padded."""
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,53 @@ def test_the_cuda_allocator_grows_segments_unless_the_user_chose(monkeypatch):
     assert settle_cuda_allocator().endswith("(yours)")
     import os
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+def test_a_token_budget_plan_is_the_seeds_and_covers_every_row_once_per_epoch():
+    from engine.train.batches import TokenBudgetPlan
+
+    lengths = [((row * 37) % 90) + 10 for row in range(200)]
+    plan = TokenBudgetPlan(lengths, budget=256, seed=5)
+    first = plan.batches(0)
+    assert first == TokenBudgetPlan(lengths, 256, 5).batches(0), "a pure function of the seed"
+    assert plan.batches(1) != first
+    assert sorted(row for batch in first for row in batch) == list(range(200))
+    assert all(sum(lengths[row] for row in batch) <= 256 for batch in first)
+    assert sum(sum(lengths[row] for row in batch) for batch in first) / len(first) > 0.7 * 256, "batches are full"
+
+
+def test_a_run_with_a_token_budget_fills_its_micro_batches_and_refuses_a_budget_below_the_longest_row(
+        tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, "train.max_steps=-1", "train.epochs=1", "train.packing=on",
+                         "train.tokens_per_batch=400", "data.eval_path=", "data.eval_split=0")
+    assert run_training(tmp_path / "budget", config) == 0
+    events = read_events(tmp_path / "budget" / "events.jsonl")
+    loaded = next(e for e in events if e["type"] == "model_loaded")
+    assert "micro-batches of up to 400 tokens" in loaded["packing_reason"]
+    steps = [e for e in events if e["type"] == "step"]
+    seen = [0] + [e["tokens_seen"] for e in steps]
+    assert all(0 < after - before <= 400 for before, after in zip(seen, seen[1:]))
+    assert len(steps) == loaded["max_steps"] and seen[-1] == loaded["train_tokens"], "one epoch: every token once"
+    state = json.loads((tmp_path / "budget" / "handoff" / "state.json").read_text())
+    assert state["samples_consumed"] == loaded["train_rows"]
+
+    too_small = tiny_config(tiny_model_dir, "train.packing=on", "train.tokens_per_batch=20")
+    assert run_training(tmp_path / "small", too_small) != 0
+    error = [e for e in read_events(tmp_path / "small" / "events.jsonl") if e["type"] == "error"][-1]["message"]
+    assert error.startswith("train.tokens_per_batch = 20 is smaller than the longest training row,") and \
+        "data.max_length = 128" in error and "\n" not in error
+
+
+def test_a_run_with_a_token_budget_resumes_into_exactly_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    from engine.train.handoff import open_bundle
+    from tests.engine.train.test_session import _losses, _stop_at
+
+    config = tiny_config(tiny_model_dir, "train.max_steps=8", "train.packing=on", "train.tokens_per_batch=300",
+                         "data.eval_path=", "data.eval_split=0", "session.with_optimizer=true", "lora.dropout=0")
+    assert run_training(tmp_path / "whole", config) == 0
+    assert run_training(tmp_path / "part1", config, run_class=_stop_at(3)) == 0
+    bundle = open_bundle(tmp_path / "part1" / "handoff")
+    assert run_training(tmp_path / "part2", bundle.config, resume_from=bundle.path) == 0
+    whole, pieces = _losses(tmp_path / "whole"), {**_losses(tmp_path / "part1"), **_losses(tmp_path / "part2")}
+    assert sorted(pieces) == list(range(1, 9))
+    assert max(abs(pieces[step] - whole[step]) for step in range(4, 9)) < 1e-5, "the same batches, in order"
