@@ -139,22 +139,30 @@ def utilisation(model, tokens_per_s: float, tokens_per_row: float) -> float | No
                                    dense_peak_flops(torch.cuda.get_device_name(0)))
 
 
+def load_plain_model(args, model_dir: Path):
+    """(model, device, dtype) the way a user loads it with transformers alone: bf16 on CUDA, NF4 when asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype) \
+        if args.load_in_4bit else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization,
+                                                 device_map={"": device})
+    return model, device, dtype
+
+
 def run_peft_loop(args, model_dir: Path) -> dict:
     import random
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from engine.train.batches import make_collator
 
     rows, tokenizer = training_rows(args, model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype) \
-        if args.load_in_4bit else None
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization,
-                                                device_map={"": device})
+    base, device, dtype = load_plain_model(args, model_dir)
     if args.checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
@@ -191,16 +199,11 @@ def run_trl(args, model_dir: Path, padding_free: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     rows, tokenizer = training_rows(args, model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype) \
-        if args.load_in_4bit else None
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization,
-                                                 device_map={"": device})
+    model, device, _ = load_plain_model(args, model_dir)
     stamps: list[tuple[float, int]] = []
 
     class Timer(TrainerCallback):

@@ -147,6 +147,11 @@ class RunSummary:
         return asdict(self)
 
 
+def _share(value: Any) -> float | None:
+    """A 0–1 figure from an event, or None for anything else (the log may come from anywhere)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
     """Fold one event into a summary (the TUI calls this per event; no re-reading)."""
     kind = event.get("type")
@@ -167,8 +172,8 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.learning_rate = event.get("lr", summary.learning_rate)
         summary.epoch = event.get("epoch", summary.epoch)
         summary.tokens_per_s = event.get("tokens_per_s", summary.tokens_per_s)
-        summary.padding = event.get("padding", summary.padding)
-        summary.mfu = event.get("mfu", summary.mfu)
+        summary.padding = _share(event.get("padding"))
+        summary.mfu = _share(event.get("mfu"))
     elif kind == "eval":
         summary.eval_loss = event.get("eval_loss", summary.eval_loss)
     elif kind == "checkpoint":

@@ -22,7 +22,7 @@ def write_long_run(run_dir, steps, *, finish=True):
     events.emit("model_loaded", backend="transformers", max_steps=steps)
     for step in range(1, steps + 1):
         events.emit("step", step=step, loss=1.0 / step, lr=1e-4, epoch=step / 100, tokens_per_s=100.0,
-                    padding="x" * 200)
+                    note="x" * 200)
         if step % 50 == 0:
             events.emit("warning", step=step, message=f"warning {step}")
     if finish:
@@ -116,3 +116,16 @@ def test_the_event_log_and_snapshot_are_private(tmp_path):
     paths = write_long_run(tmp_path / "long", 5)
     assert os.stat(paths.events).st_mode & 0o077 == 0
     assert os.stat(paths.summary).st_mode & 0o077 == 0
+
+
+def test_a_step_event_with_odd_values_never_spoils_the_snapshot(tmp_path):
+    paths = RunPaths(tmp_path / "odd")
+    paths.root.mkdir()
+    keeper = SummaryKeeper(paths)
+    events = EventWriter(paths.events, observer=keeper)
+    events.emit("started", pid=1)
+    events.emit("step", step=1, loss=1.0, padding="lots", mfu=True)
+    events.close()
+    keeper.flush()
+    summary, _ = load_snapshot(paths)
+    assert summary.padding is None and summary.mfu is None and summary.step == 1
