@@ -54,8 +54,12 @@ class StopFlag:
             self.signal_name = signal.Signals(signum).name
             if self.reason is None:
                 self.reason = "stopped"
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        self.previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore_signal_handlers(self) -> None:
+        """Give SIGTERM/SIGINT back to whoever had them (a `--foreground` CLI, a test) once the run is over."""
+        for number, previous in getattr(self, "previous", {}).items():
+            signal.signal(number, previous)
 
 
 class TrainingRun:
@@ -399,6 +403,7 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
         except OSError:
             pass
         os.close(lock)  # releases the lock: the run is over
+        stop.restore_signal_handlers()
 
 
 def device_peak(device: str) -> tuple[str | None, float | None]:

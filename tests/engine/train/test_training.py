@@ -209,3 +209,11 @@ def test_step_events_report_the_padding_that_length_grouping_removes(tiny_model_
         steps = [e for e in read_events(tmp_path / grouped / "events.jsonl") if e["type"] == "step"]
         shares[grouped] = sum(e["padding"] for e in steps) / len(steps)
     assert shares["true"] < shares["false"] / 2, shares
+
+
+def test_a_run_in_this_process_gives_the_signal_handlers_back(tiny_model_dir, tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert run_training(tmp_path / "run", tiny_config(tiny_model_dir, "train.max_steps=1")) == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
