@@ -173,3 +173,24 @@ def test_probe_panel_is_hidden_for_runs_without_probes(tmp_path):
             await pilot.pause(0.3)
             assert not app.screen.query_one("#probe-panel", Static).display
     asyncio.run(scenario())
+
+
+async def test_a_long_log_loads_in_slices_showing_loading_never_a_wrong_status(tmp_path, monkeypatch):
+    from tests.engine.run.test_large_log import write_long_run
+
+    monkeypatch.setattr(MonitorScreen, "LOADING_SLICE_SECONDS", 0.0)  # one 4 MB read per tick: a slow disk
+    paths = write_long_run(tmp_path / "runs" / "long", 30000)
+    assert paths.events.stat().st_size > 8 << 20
+    paths.summary.unlink()  # an older run: no snapshot, so the monitor must read the whole log
+    app = LoradeckApp(runs_dir=paths.root.parent, attach_to=paths.root)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.05)
+        first = text_of(app, "#progress-line")
+        assert "loading" in first and "MB left" in first, first
+        assert "lost" not in first and "running" not in first
+        for _ in range(200):
+            await pilot.pause(0.1)
+            if "finished" in text_of(app, "#progress-line"):
+                break
+        assert "finished" in text_of(app, "#progress-line") and "30000/30000" in text_of(app, "#progress-line")
+        assert app.screen.history.loss.steps[-1] == 30000
