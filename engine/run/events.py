@@ -150,15 +150,19 @@ class EventTail:
 READ_CHUNK = 8 << 20
 
 
-def iter_events(path: str | Path, offset: int = 0) -> Iterator[dict[str, Any]]:
-    """Every complete event from `offset` on, read in bounded chunks (memory stays small on a huge log)."""
-    tail = EventTail(path, offset)
+def drain(tail: EventTail) -> Iterator[dict[str, Any]]:
+    """Every complete event `tail` has not read yet, read in bounded chunks (memory stays small on a huge log);
+    afterwards `tail.offset` is where the complete lines end."""
     while True:
         before = tail.offset
-        events = tail.read_new(READ_CHUNK)
-        yield from events
+        yield from tail.read_new(READ_CHUNK)
         if tail.offset == before:
             return
+
+
+def iter_events(path: str | Path, offset: int = 0) -> Iterator[dict[str, Any]]:
+    """Every complete event from `offset` on, read in bounded chunks."""
+    return drain(EventTail(path, offset))
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ half-read log.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -113,10 +114,8 @@ class RunHistory:
             return self.folded
         if self.snapshot is not None:
             return self.snapshot
-        shown = RunSummary(**{**self.folded.to_dict(), "warnings": list(self.folded.warnings)})
-        shown.status = "loading"
-        shown.message = f"reading the event log ({self.tail.behind() / 1e6:.0f} MB left)"
-        return shown
+        return dataclasses.replace(self.folded, status="loading", warnings=list(self.folded.warnings),
+                                   message=f"reading the event log ({self.tail.behind() / 1e6:.0f} MB left)")
 
     def poll(self, limit_bytes: int = 4 << 20, budget_s: float = 0.15) -> int:
         """Fold newly appended events in, in slices of `limit_bytes`, for at most about `budget_s` seconds;

@@ -88,6 +88,26 @@ def private_files():
         os.umask(previous)
 
 
+STAGING_GLOB = ".*.tmp-*"
+
+
+def staging_path(target: Path) -> Path:
+    """The hidden name beside `target` under which this process builds its replacement or removes it
+    (`.NAME.tmp-PID`); `remove_stale_staging` deletes those whose process is gone."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def make_run_dir(root: Path) -> None:
+    """Create a run directory, private to the user; RunError in one line when the path is not UTF-8 or cannot
+    be created (a read-only or missing parent)."""
+    require_utf8_path(root)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{root}: cannot create the run directory ({exc.strerror or exc}) — pick a writable "
+                       "place with --runs-dir or --run-dir") from None
+
+
 def require_utf8_path(path: Path) -> None:
     """RunError for a path that is not valid UTF-8: the model libraries cannot save into it."""
     try:

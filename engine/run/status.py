@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RunError
-from engine.run.events import READ_CHUNK, EventTail
-from engine.run.paths import RunPaths, require_run_dir
+from engine.run.events import EventTail, drain
+from engine.run.paths import RunPaths, require_run_dir, staging_path
 
 WARNINGS_KEPT = 50
 RUN_STATUSES = ("starting", "running", "finished", "stopped", "deadline", "failed", "lost")
@@ -296,7 +296,7 @@ def write_snapshot(paths: RunPaths, summary: RunSummary, offset: int) -> None:
     fields["pid"] = None  # liveness is decided when read, never remembered
     data = {"format": SNAPSHOT_FORMAT, "offset": offset, "tail_sha256": _log_digest(paths.events, offset),
             "summary": fields}
-    temporary = paths.summary.with_name(f".{paths.summary.name}.tmp-{os.getpid()}")
+    temporary = staging_path(paths.summary)
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -313,12 +313,8 @@ def fold_log(paths: RunPaths) -> tuple[RunSummary, int, int]:
     snapshot = load_snapshot(paths)
     summary, start = snapshot if snapshot else (RunSummary(run_id=paths.root.name, path=str(paths.root)), 0)
     tail = EventTail(paths.events, start)
-    while True:
-        before = tail.offset
-        for event in tail.read_new(READ_CHUNK):
-            apply_event(summary, event)
-        if tail.offset == before:
-            break
+    for event in drain(tail):
+        apply_event(summary, event)
     return summary, tail.offset, tail.offset - start
 
 

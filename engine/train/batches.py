@@ -78,8 +78,14 @@ class TokenBudgetPlan:
         self.lengths = list(lengths)
         self.budget = budget
         self.order = EpochShuffleSampler(len(lengths), seed)
+        self._planned: tuple[int, list[list[int]]] | None = None  # the last epoch asked for: len() and iter() ask
 
     def batches(self, epoch: int) -> list[list[int]]:
+        if self._planned is None or self._planned[0] != epoch:
+            self._planned = (epoch, self._plan(epoch))
+        return self._planned[1]
+
+    def _plan(self, epoch: int) -> list[list[int]]:
         batches: list[list[int]] = []
         current: list[int] = []
         used = 0

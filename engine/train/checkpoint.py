@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.errors import RunError
+from engine.run.paths import STAGING_GLOB, staging_path
 
 STATE_FILE = "state.json"
 STATE_FORMAT = "loradeck-checkpoint/2"
@@ -72,7 +73,7 @@ def replace_dir_atomically(new: Path, target: Path) -> None:
 
 def staging_dir(target: Path) -> Path:
     """A fresh hidden temp folder beside `target` for building its replacement."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = staging_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -81,7 +82,7 @@ def staging_dir(target: Path) -> Path:
 def remove_stale_staging(folder: Path) -> int:
     """Delete staging folders left by killed writers (their pid is gone); returns how many."""
     removed = 0
-    for tmp in Path(folder).glob(".*.tmp-*"):
+    for tmp in Path(folder).glob(STAGING_GLOB):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
             os.kill(pid, 0)
@@ -98,7 +99,7 @@ def remove_stale_staging(folder: Path) -> int:
 def remove_folder(folder: Path) -> None:
     """Delete a checkpoint folder so that no half-deleted one is ever seen: renamed to a staging name first
     (cleaned up by `remove_stale_staging` if the process dies mid-way), then removed."""
-    doomed = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    doomed = staging_path(folder)
     shutil.rmtree(doomed, ignore_errors=True)
     folder.rename(doomed)
     shutil.rmtree(doomed, ignore_errors=True)

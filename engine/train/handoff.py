@@ -23,18 +23,18 @@ anything unlisted, linked, or named outside it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import os
-import shutil
-
-from engine.train.checkpoint import (STATE_FILE, STATE_FORMAT, read_state, sha256_file, verify_checkpoint, write_linked_folder,
-                                     write_state)
 from engine.config import RunConfig, dumps_config, load_config
 from engine.errors import RunError
+from engine.run.paths import staging_path
+from engine.train.checkpoint import (STATE_FILE, STATE_FORMAT, read_state, sha256_file, verify_checkpoint,
+                                     write_linked_folder, write_state)
 
 BUNDLE_DATA_LIMIT = 100 * 1024 * 1024  # bigger datasets stay where they are; RESUME.md says how to point at them
 HASH_LIMIT = 2 * 1024 * 1024 * 1024
@@ -82,7 +82,7 @@ def snapshot_data_files(config: RunConfig, run_dir: Path) -> list[DataFile]:
         name = bundle_data_name(key, path)
         copy = Path(run_dir) / name
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+        temporary = staging_path(copy)
         try:
             shutil.copyfile(path, temporary)
             os.replace(temporary, copy)

@@ -14,7 +14,7 @@ from engine.config import RunConfig, save_config
 from engine.run.control import prepare_control_dir
 from engine.errors import RunError
 from engine.run.events import read_events
-from engine.run.paths import RunPaths, private_files, require_utf8_path
+from engine.run.paths import RunPaths, make_run_dir, private_files
 from engine.run.status import trainer_pid
 
 
@@ -36,15 +36,14 @@ def prepare_run_dir(run_dir: str | Path, config: RunConfig) -> RunPaths:
     if paths.events.exists():
         raise RunError(f"{run_dir}: already holds a run — pick another --run-dir, or `loradeck resume "
                        f"{run_dir}/handoff` to continue it")
-    require_utf8_path(paths.root)
-    try:
-        with private_files():
-            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with private_files():
+        make_run_dir(paths.root)
+        try:
             prepare_control_dir(paths)
             save_config(config, paths.config)
-    except OSError as exc:
-        raise RunError(f"{paths.root}: cannot create the run directory ({exc.strerror or exc}) — pick a writable "
-                       "place with --runs-dir or --run-dir") from None
+        except OSError as exc:
+            raise RunError(f"{paths.root}: cannot create the run directory ({exc.strerror or exc}) — pick a "
+                           "writable place with --runs-dir or --run-dir") from None
     return paths
 
 

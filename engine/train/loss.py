@@ -18,6 +18,12 @@ IGNORE_INDEX = -100
 LOSS_CHUNK_TOKENS = 1024
 
 
+def uses_chunked_loss(backend: str) -> bool:
+    """Whether training on this backend computes its loss here: transformers + peft do; unsloth brings its own
+    fused loss."""
+    return backend == "transformers"
+
+
 def chunked_loss_parts(model) -> tuple[Any, Any] | None:
     """(decoder, output head) of a causal LM (under PEFT or not), or None when its loss is not plain
     cross-entropy over `head(decoder(...))` (logit soft-capping or scaling) and the model must compute it."""

@@ -14,8 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.train.loss import LOSS_CHUNK_TOKENS
+
 FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
-LOSS_CHUNK_TOKENS = 1024  # as engine/train/loss.py
 
 
 @dataclass
@@ -129,7 +130,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     from engine.models.backends import build_peft_model, choose_backend
     from engine.data.tokenize import prepare_data
     from engine.models.loading import best_device, choose_dtype
-    from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts
+    from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts, uses_chunked_loss
 
     device = best_device()
     dtype = choose_dtype(config.model.dtype, device)
@@ -154,7 +155,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
         model.train()
         batch = {k: v.to(device) for k, v in batch.items()}
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-        parts = chunked_loss_parts(model) if backend.name == "transformers" else None
+        parts = chunked_loss_parts(model) if uses_chunked_loss(backend.name) else None
 
         def step():  # the loss training computes, so the probe meets the memory training will
             loss = chunked_causal_lm_loss(*parts, batch) if parts else model(**batch).loss

@@ -25,7 +25,7 @@ from engine.errors import LoradeckError, RunError
 from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
-from engine.run.paths import RunPaths, private_files, require_utf8_path
+from engine.run.paths import RunPaths, make_run_dir, private_files
 from engine.run.space import RESERVE_BYTES, SpaceReserve, folder_bytes, free_bytes, is_disk_full
 from engine.run.status import SummaryKeeper, hold_run_lock
 from engine.train.batches import (TokenBudgetPlan, check_token_budget, make_collator, packing_choice,
@@ -33,6 +33,7 @@ from engine.train.batches import (TokenBudgetPlan, check_token_budget, make_coll
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import (complete_checkpoints, read_state, remove_folder, remove_stale_staging,
                                      write_checkpoint)
+from engine.train.loss import uses_chunked_loss
 from engine.train.sft import build_sft_config, loradeck_trainer_class, to_dataset
 
 LOSS_TAIL = 50
@@ -90,7 +91,8 @@ class TrainingRun:
         self.eval_batches = 0
         self.tokenizer = None
         self.probed_step = -1
-        self.reserve = SpaceReserve(paths.root)
+        self.reserve = SpaceReserve(paths.root)  # run_training holds it and gives it up when a write fails
+        self.cuda_allocator: str | None = None
         self.last_save_bytes = 0
         self.pending_saves: list[str] = []
         self.model_shape: tuple[int, int, int] | None = None  # (parameters, layers, hidden) for MFU
@@ -324,9 +326,9 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     SIGTERM/SIGINT and `stop` commands save the adapter before returning.
     """
     paths = RunPaths(Path(run_dir))
-    settle_cuda_allocator()
+    allocator = settle_cuda_allocator()
     with private_files():
-        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress)
+        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress, allocator)
 
 
 ALLOCATOR_SETTING = "expandable_segments:True"
@@ -344,14 +346,10 @@ def settle_cuda_allocator() -> str:
     return f"PYTORCH_CUDA_ALLOC_CONF={ALLOCATOR_SETTING}"
 
 
-def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_class, progress) -> int:
+def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_class, progress,
+                 allocator: str) -> int:
     try:
-        require_utf8_path(paths.root)
-        try:
-            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunError(f"{paths.root}: cannot create the run directory ({exc.strerror or exc}) — pick a "
-                           "writable place") from None
+        make_run_dir(paths.root)
         lock = hold_run_lock(paths)
     except RunError as exc:  # another trainer owns this directory, or it cannot be one: write nothing into it
         (progress or print)(f"error: {exc}")
@@ -361,13 +359,14 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
     for folder in (paths.root, paths.checkpoints):
         remove_stale_staging(folder)
     keeper = SummaryKeeper(paths)
-    run_reserve = SpaceReserve(paths.root)
-    run_reserve.hold()
-    events = EventWriter(paths.events, observer=keeper, on_full=run_reserve.release)
+    events = EventWriter(paths.events, observer=keeper)
     stop = StopFlag()
     stop.install_signal_handlers()
     say = progress or (lambda message: None)
     run = run_class(paths, config, events, stop)
+    run.cuda_allocator = allocator
+    run.reserve.hold()
+    events.on_full = run.reserve.release
     try:
         if not paths.config.exists():
             paths.config.write_text(dumps_config(config), encoding="utf-8")
@@ -396,7 +395,7 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
     finally:
         events.close()
         keeper.flush()
-        run_reserve.release()
+        run.reserve.release()
         try:
             if paths.pid_file.read_text().strip() == str(os.getpid()):
                 paths.pid_file.unlink()
@@ -458,9 +457,9 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     shape = getattr(shape, "get_text_config", lambda: shape)()
     run.model_shape = (total, getattr(shape, "num_hidden_layers", 0), getattr(shape, "hidden_size", 0))
     packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
+    lengths = [len(sample.input_ids) for sample in data.train]
     token_plan = None
     if config.train.tokens_per_batch:
-        lengths = [len(sample.input_ids) for sample in data.train]
         check_token_budget(config.train.tokens_per_batch, lengths, config.data.max_length)
         if packed:
             token_plan = TokenBudgetPlan(lengths, config.train.tokens_per_batch, config.train.seed)
@@ -475,11 +474,11 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
                 load_in_4bit=config.model.load_in_4bit, packing=packed, packing_reason=packing_reason,
-                device_name=device_name, peak_flops=run.peak_flops, cuda_allocator=settle_cuda_allocator(),
+                device_name=device_name, peak_flops=run.peak_flops, cuda_allocator=run.cuda_allocator,
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
                 eval_rows=len(data.eval), max_steps=max_steps,
-                train_tokens=sum(len(sample.input_ids) for sample in data.train))
+                train_tokens=sum(lengths))
     say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
     say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")
@@ -501,11 +500,11 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
-    trainer.loradeck_chunked_loss = backend.name == "transformers"  # unsloth brings its own fused loss
+    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name)
     if token_plan is not None:
         trainer.loradeck_token_plan = token_plan
     elif config.train.group_by_length:
-        trainer.loradeck_lengths = [len(sample.input_ids) for sample in data.train]
+        trainer.loradeck_lengths = lengths
     if bundle_state is not None:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
                             "host": os.uname().nodename}
