@@ -73,9 +73,6 @@ class Series:
         return len(self.steps)
 
 
-LOADING_BEHIND_BYTES = 1 << 20  # more unread log than this after a poll: the history is still loading
-
-
 class RunHistory:
     """Summary, curves, telemetry and log lines of one run directory, updated by `poll()`.
 
@@ -90,7 +87,7 @@ class RunHistory:
         self.tail = EventTail(self.paths.events)
         if not curves and self.snapshot is not None:
             self.folded, self.tail.offset = self.snapshot, self.snapshot_offset
-        self.loading = self.tail.behind() > LOADING_BEHIND_BYTES
+        self.loading = self.tail.behind() > 0  # until a poll reads to the end of the log
         self.loss, self.eval_loss, self.lr = Series(), Series(), Series()
         self.grad_norm, self.tokens_per_s = Series(), Series()
         self.telemetry: deque = deque(maxlen=TELEMETRY_HISTORY)
@@ -128,10 +125,13 @@ class RunHistory:
             for event in events:
                 self._apply(event)
             count += len(events)
-            if self.tail.offset == before or time.monotonic() - started >= budget_s:
+            if self.tail.offset == before:  # read to the end: what is shown is the whole log's
+                self.loading = False
+                break
+            if time.monotonic() - started >= budget_s:  # stopped early: still loading if anything is left
+                self.loading = self.tail.behind() > 0
                 break
         self.events_seen += count
-        self.loading = self.tail.behind() > LOADING_BEHIND_BYTES
         pid = trainer_pid(self.paths.root)
         created_at = prepared_at(self.paths)
         for summary in (self.folded, self.snapshot):

@@ -179,6 +179,7 @@ async def test_a_long_log_loads_in_slices_showing_loading_never_a_wrong_status(t
     from tests.engine.run.test_large_log import write_long_run
 
     monkeypatch.setattr(MonitorScreen, "LOADING_SLICE_SECONDS", 0.0)  # one 4 MB read per tick: a slow disk
+    monkeypatch.setattr(MonitorScreen, "POLL_SECONDS", 1.0)  # no tick before the first look, however busy the CPU
     paths = write_long_run(tmp_path / "runs" / "long", 30000)
     assert paths.events.stat().st_size > 8 << 20
     paths.summary.unlink()  # an older run: no snapshot, so the monitor must read the whole log
@@ -190,7 +191,9 @@ async def test_a_long_log_loads_in_slices_showing_loading_never_a_wrong_status(t
         assert "lost" not in first and "running" not in first
         for _ in range(200):
             await pilot.pause(0.1)
-            if "finished" in text_of(app, "#progress-line"):
+            line = text_of(app, "#progress-line")
+            assert "lost" not in line and "running" not in line, line  # also on the last slice before the end
+            if "finished" in line:
                 break
         assert "finished" in text_of(app, "#progress-line") and "30000/30000" in text_of(app, "#progress-line")
         assert app.screen.history.loss.steps[-1] == 30000

@@ -129,3 +129,15 @@ def test_a_step_event_with_odd_values_never_spoils_the_snapshot(tmp_path):
     keeper.flush()
     summary, _ = load_snapshot(paths)
     assert summary.padding is None and summary.mfu is None and summary.step == 1
+
+
+def test_a_poll_that_stops_short_of_the_end_is_still_loading_however_little_is_left(tmp_path):
+    paths = write_long_run(tmp_path / "long", 4000)
+    paths.summary.unlink()
+    size = paths.events.stat().st_size
+    history = RunHistory(paths.root)
+    history.poll(limit_bytes=size - 50_000, budget_s=0)  # all but the last ~50 KB: the end of the run
+    assert 0 < history.tail.behind() < 1 << 20
+    assert history.loading and history.summary.status == "loading", "not the half-read log's 'lost'"
+    history.poll()
+    assert not history.loading and history.summary.status == "finished"
