@@ -80,7 +80,8 @@ def staging_dir(target: Path) -> Path:
 
 
 def remove_stale_staging(folder: Path) -> int:
-    """Delete staging folders left by killed writers (their pid is gone); returns how many."""
+    """Delete staging folders and files (a snapshot's temp file) left by killed writers (their pid is gone);
+    returns how many."""
     removed = 0
     for tmp in Path(folder).glob(STAGING_GLOB):
         try:
@@ -91,7 +92,10 @@ def remove_stale_staging(folder: Path) -> int:
             pass
         except (ValueError, PermissionError):
             continue
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 

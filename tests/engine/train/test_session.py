@@ -302,8 +302,10 @@ def test_staging_folders_of_killed_writers_are_cleaned_but_live_ones_kept(tmp_pa
     for folder in (dead, live):
         folder.mkdir()
         (folder / "adapter_model.safetensors").write_bytes(b"half")
-    assert remove_stale_staging(tmp_path) == 1
-    assert not dead.exists() and live.exists()
+    dead_file = tmp_path / ".summary.json.tmp-999999999"  # a snapshot write cut short
+    dead_file.write_text("{")
+    assert remove_stale_staging(tmp_path) == 2
+    assert not dead.exists() and not dead_file.exists() and live.exists()
 
 
 def test_an_unmeasured_eval_is_guessed_from_the_step_time_not_taken_as_free():
