@@ -31,6 +31,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/inspect_speed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/chat_generation.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/large_log.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/eval_speed.py
 
 # The fault matrix: kills, a full disk (root: a tmpfs per trial), races, hostile input (~25 min on 2 cores).
 faults: setup

@@ -119,7 +119,8 @@ def statuses(run_dir: Path) -> tuple[str, str, str]:
 def newest_intact_step(run_dir: Path) -> int:
     """The step of the newest save that verifies (handoff or checkpoint); -1 when none does."""
     from engine.errors import RunError
-    from engine.train.checkpoint import complete_checkpoints, verify_checkpoint
+    from engine.run.paths import complete_checkpoints
+    from engine.train.checkpoint import verify_checkpoint
 
     best = -1
     for folder in [run_dir / "handoff", *reversed(complete_checkpoints(run_dir / "checkpoints"))]:
@@ -133,7 +134,8 @@ def newest_intact_step(run_dir: Path) -> int:
 def damaged_saves(run_dir: Path) -> list[str]:
     """Saves that exist (state.json present) yet do not verify: what a kill must never leave."""
     from engine.errors import RunError
-    from engine.train.checkpoint import complete_checkpoints, verify_checkpoint
+    from engine.run.paths import complete_checkpoints
+    from engine.train.checkpoint import verify_checkpoint
 
     damaged = []
     for folder in [run_dir / "handoff", *complete_checkpoints(run_dir / "checkpoints")]:

@@ -119,6 +119,23 @@ class ProbeSection:
 
 
 @dataclass
+class EvalSection:
+    format_regex: str = spec("", "The answer format, as a Python regex the whole answer must match (use (?s) to let . "
+                                 "cross lines); `loradeck eval` reports the share that does.", check="regex")
+    format_json_schema: str = spec("", "The answer format as a JSON Schema (inline JSON, or a .json file relative "
+                                       "to the config); answers must parse as JSON and conform.", check="json_schema")
+    answer_regex: str = spec("", "Where the answer sits in a reference, e.g. \"ANSWER: (.+)\" (the first group): "
+                                 "correctness is that answer found in the model's output. Empty: the whole "
+                                 "reference.", check="regex")
+    max_new_tokens: int = spec(128, "Tokens generated per held-out prompt (greedy).", minimum=1, maximum=8192)
+    limit: int = spec(0, "Evaluate only the first N held-out prompts (0: all).", minimum=0)
+    batch_size: int = spec(64, "Answers generated per batched call (prompts × models, one base copy). Memory grows "
+                               "with it.", minimum=1, maximum=4096)
+    after_training: bool = spec(False, "Write the before/after report when training finishes (within the session "
+                                       "clock: skipped with a warning when it would not fit).")
+
+
+@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -127,6 +144,7 @@ class RunConfig:
     session: SessionSection = field(default_factory=SessionSection)
     backend: BackendSection = field(default_factory=BackendSection)
     probe: ProbeSection = field(default_factory=ProbeSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as plain TOML-ready dicts, every key present."""
@@ -216,6 +234,23 @@ def parse_datetime(text: str):
     return moment
 
 
+def parse_json_schema(text: str) -> dict:
+    """A JSON Schema from inline JSON text, checked against its metaschema (ValueError when it is not one)."""
+    import jsonschema
+
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at character {exc.pos}) — give an inline schema or a .json file") from None
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    except (TypeError, AttributeError):
+        raise ValueError("not a valid JSON Schema: expected an object") from None
+    return schema
+
+
 def _coerce(value: Any, annotation: Any, *, from_text: bool) -> Any:
     """Convert a TOML value (or `--set` text) to the field's type, or raise ValueError."""
     origin = get_origin(annotation)
@@ -288,6 +323,13 @@ def _check_constraints(value: Any, meta: dict[str, Any]) -> None:
             parse_duration(item)
         if meta.get("check") == "datetime" and item != "":
             parse_datetime(item)
+        if meta.get("check") == "regex" and item != "":
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ValueError(f"{item!r} is not a valid regular expression: {exc}") from None
+        if meta.get("check") == "json_schema" and item != "" and not item.strip().endswith(".json"):
+            parse_json_schema(item)
 
 
 def set_value(config: RunConfig, dotted_key: str, raw: Any, *, from_text: bool, origin: str) -> None:
@@ -336,7 +378,8 @@ def check_config(config: RunConfig, *, origin: str) -> None:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a TOML config (or start from defaults when `path` is None) and apply `section.key=value` overrides.
 
-    Relative `data.path` / `data.eval_path` are resolved against the config file's folder.
+    Relative `data.path` / `data.eval_path` (and an `eval.format_json_schema` .json file) are resolved against the
+    config file's folder.
     """
     data: dict[str, Any] = {}
     origin = "defaults"
@@ -360,10 +403,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     check_config(config, origin=origin if not overrides else f"{origin} with --set")
     if path is not None:
         base = Path(path).resolve().parent
-        for key in ("path", "eval_path"):
-            value = getattr(config.data, key)
+        for section, key in (("data", "path"), ("data", "eval_path"), ("eval", "format_json_schema")):
+            value = getattr(getattr(config, section), key)
+            if key == "format_json_schema" and not value.strip().endswith(".json"):
+                continue  # an inline schema, not a path
             if value and not Path(value).is_absolute() and (base / value).exists():
-                setattr(config.data, key, str((base / value).resolve()))
+                setattr(getattr(config, section), key, str((base / value).resolve()))
     return config
 
 

@@ -15,9 +15,11 @@ ENGINE_LAYERS = {
     "engine.data": {"engine.errors", "engine.config", "engine.run"},
     "engine.models": {"engine.errors", "engine.config", "engine.run"},
     "engine.chat": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models"},
-    "engine.train": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat"},
+    "engine.eval": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat"},
+    "engine.train": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat",
+                     "engine.eval"},
 }
-for _package in ("engine.run", "engine.data", "engine.models", "engine.chat", "engine.train"):
+for _package in ("engine.run", "engine.data", "engine.models", "engine.chat", "engine.eval", "engine.train"):
     ENGINE_LAYERS[_package].add("engine.library_output")  # process-wide output routing, used at entry points
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from engine.errors import ModelError
 from engine.models.adapters import resolve_adapter, run_dir_of
+from engine.run.paths import RunPaths
 
 BASE_LABEL = "base"
 PEFT_BASE_NAME = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
@@ -371,7 +372,7 @@ def ratings_folder(adapters: list[str | Path]) -> Path | None:
     for adapter in adapters:
         run = run_dir_of(resolve_adapter(adapter))
         if run is not None:
-            return run / "chat"
+            return RunPaths(run).chat
     return None
 
 

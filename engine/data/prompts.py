@@ -87,9 +87,9 @@ def prompts_from_file(path: str | Path, limit: int | None = None, system_prompt:
     return items[:limit] if limit else items
 
 
-def held_out_prompts(run_dir: str | Path, limit: int | None = None) -> list[PromptItem]:
-    """The prompts of a run's held-out data: its `eval_path`, else the rows its `eval_split` kept out of training
-    (same seed, same split as the trainer)."""
+def held_out_conversations(run_dir: str | Path) -> tuple[list, str]:
+    """A run's held-out conversations, answers included, and the file they came from: its `eval_path`, else the rows
+    its `eval_split` kept out of training (same seed, same split as the trainer)."""
     import tomllib
 
     from engine.data.readers import load_dataset_file, split_eval, to_conversations
@@ -103,21 +103,31 @@ def held_out_prompts(run_dir: str | Path, limit: int | None = None) -> list[Prom
     eval_file = run_data_path(run_dir, data.get("eval_path", ""))
     if data.get("eval_path") and eval_file is None:
         raise DataError(f"{run_dir}: its held-out file {data['eval_path']} is not here — load a prompts file instead")
+    source = eval_file or run_data_path(run_dir, data.get("path", ""))
+    if source is None:
+        raise DataError(f"{run_dir}: its data file {data.get('path') or '(none)'} is not here — load a prompts "
+                        "file instead")
+    loaded = load_dataset_file(source, data.get("format", "auto"))
+    if loaded.format == "text":
+        raise DataError(f"{source}: plain-text data has no prompts — load a prompts file instead")
+    conversations = to_conversations(loaded, data.get("system_prompt", ""))
     if eval_file is not None:
-        items = prompts_from_file(eval_file, system_prompt=data.get("system_prompt", ""))
-    else:
-        train_file = run_data_path(run_dir, data.get("path", ""))
-        if train_file is None:
-            raise DataError(f"{run_dir}: its data file {data.get('path') or '(none)'} is not here — load a prompts "
-                            "file instead")
-        loaded = load_dataset_file(train_file, data.get("format", "auto"))
-        if loaded.format == "text":
-            raise DataError(f"{train_file}: plain-text data has no prompts — load a prompts file instead")
-        _, held = split_eval(to_conversations(loaded, data.get("system_prompt", "")), data.get("eval_split", 0.1),
-                             config.get("train", {}).get("seed", 42))
-        if not held:
-            raise DataError(f"{run_dir}: this run kept no rows out of training (data.eval_split = 0) — load a "
-                            "prompts file instead")
-        items = [item for item in (_from_conversation(c, c.source.where(str(train_file)) if c.source else "")
-                                   for c in held) if item]
+        return conversations, str(source)
+    _, held = split_eval(conversations, data.get("eval_split", 0.1), config.get("train", {}).get("seed", 42))
+    if not held:
+        raise DataError(f"{run_dir}: this run kept no rows out of training (data.eval_split = 0) — load a "
+                        "prompts file instead")
+    return held, str(source)
+
+
+def prompt_item(conversation, path: str) -> PromptItem | None:
+    """The prompt of one conversation (everything before its last assistant turn, which becomes the reference);
+    None when it has no user turn to answer."""
+    return _from_conversation(conversation, conversation.source.where(path) if conversation.source else path)
+
+
+def held_out_prompts(run_dir: str | Path, limit: int | None = None) -> list[PromptItem]:
+    """The prompts of a run's held-out data (see `held_out_conversations`)."""
+    conversations, source = held_out_conversations(run_dir)
+    items = [item for item in (prompt_item(c, source) for c in conversations) if item]
     return items[:limit] if limit else items

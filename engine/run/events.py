@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("started", "model_loaded", "step", "eval", "telemetry", "checkpoint", "sample", "deadline",
-               "warning", "finished", "error", "control")
+               "warning", "finished", "error", "control", "eval_report")
 
 
 class EventWriter:

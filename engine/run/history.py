@@ -23,7 +23,8 @@ from engine.run.paths import RunPaths, require_run_dir
 from engine.run.status import RunSummary, apply_event, load_snapshot, prepared_at, settle_liveness, trainer_pid
 
 TELEMETRY_HISTORY = 720   # one hour at the trainer's 5 s telemetry rate
-LOG_KINDS = ("started", "model_loaded", "resumed", "checkpoint", "warning", "control", "error", "finished")
+LOG_KINDS = ("started", "model_loaded", "resumed", "checkpoint", "warning", "control", "error", "finished",
+             "eval_report")
 
 
 @dataclass

@@ -10,6 +10,8 @@ runs/<run-id>/
   checkpoints/step-000120/   adapter + state.json, renamed into place whole
   handoff/           newest complete resume bundle
   adapter/           the final adapter (PEFT format)
+  chat/              blind A/B ratings (ratings.jsonl) and the preferences they make (preferences.jsonl)
+  eval/<time>/       before/after reports: report.md, report.json, answers.jsonl
   trainer.pid        the live trainer's pid
   trainer.lock       held (flock) by the live trainer for its whole life; holds its pid
   trainer.log        the detached trainer's own output
@@ -62,6 +64,14 @@ class RunPaths:
         return self.root / "adapter"
 
     @property
+    def chat(self) -> Path:
+        return self.root / "chat"
+
+    @property
+    def eval_reports(self) -> Path:
+        return self.root / "eval"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "trainer.pid"
 
@@ -72,6 +82,16 @@ class RunPaths:
     @property
     def log_file(self) -> Path:
         return self.root / "trainer.log"
+
+
+STATE_FILE = "state.json"  # a checkpoint's last file: present means complete
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoint folders holding a state.json, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoints_dir.glob("step-*") if (p / STATE_FILE).is_file())
 
 
 PRIVATE_UMASK = 0o077

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.errors import RunError
-from engine.run.paths import STAGING_GLOB, staging_path
+from engine.run.paths import STAGING_GLOB, STATE_FILE, staging_path
 
-STATE_FILE = "state.json"
 STATE_FORMAT = "loradeck-checkpoint/2"
 # Format 1 (before bundles pinned every file) left these out of its manifest; they are accepted there unlisted.
 LEGACY_UNPINNED = ("config.toml", "RESUME.md")
@@ -304,9 +303,3 @@ def read_state(folder: str | Path) -> dict[str, Any]:
     except ValueError:
         raise RunError(f"{folder}: {STATE_FILE} is corrupt — use an earlier checkpoint") from None
 
-
-def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Checkpoint folders holding a state.json, oldest first."""
-    if not checkpoints_dir.is_dir():
-        return []
-    return sorted(p for p in checkpoints_dir.glob("step-*") if (p / STATE_FILE).is_file())

@@ -33,7 +33,8 @@ from typing import Any
 from engine.config import RunConfig, dumps_config, load_config
 from engine.errors import RunError
 from engine.run.paths import staging_path
-from engine.train.checkpoint import (STATE_FILE, STATE_FORMAT, read_state, sha256_file, verify_checkpoint,
+from engine.run.paths import STATE_FILE
+from engine.train.checkpoint import (STATE_FORMAT, read_state, sha256_file, verify_checkpoint,
                                      write_linked_folder, write_state)
 
 BUNDLE_DATA_LIMIT = 100 * 1024 * 1024  # bigger datasets stay where they are; RESUME.md says how to point at them

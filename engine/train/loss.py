@@ -5,7 +5,7 @@ vocabulary (batch × length × 49k–128k floats) and keeps them for backward.
 Here the decoder's hidden states are taken once, the positions whose label is
 ignored (prompts, padding, the end of each packed row) are dropped, and the
 output head plus cross-entropy run over the rest in chunks of
-`LOSS_CHUNK_TOKENS`, each recomputed in backward (activation checkpointing),
+`LOGITS_CHUNK_TOKENS`, each recomputed in backward (activation checkpointing),
 so at most one chunk of logits exists at a time. The loss and the LoRA
 gradients equal the model's own (tests/engine/train/test_loss.py).
 """
@@ -14,28 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE_INDEX = -100
-LOSS_CHUNK_TOKENS = 1024
+from engine.data.tokenize import IGNORE_INDEX
+from engine.models.parts import LOGITS_CHUNK_TOKENS
 
 
 def uses_chunked_loss(backend: str) -> bool:
     """Whether training on this backend computes its loss here: transformers + peft do; unsloth brings its own
     fused loss."""
     return backend == "transformers"
-
-
-def chunked_loss_parts(model) -> tuple[Any, Any] | None:
-    """(decoder, output head) of a causal LM (under PEFT or not), or None when its loss is not plain
-    cross-entropy over `head(decoder(...))` (logit soft-capping or scaling) and the model must compute it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(base, "model", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    config = getattr(base, "config", None)
-    if decoder is None or head is None or config is None:
-        return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
-        return None
-    return decoder, head
 
 
 def _chunk_loss(head, hidden, targets):
@@ -45,7 +31,7 @@ def _chunk_loss(head, hidden, targets):
 
 
 def chunked_causal_lm_loss(decoder, head, inputs: dict[str, Any], num_items_in_batch=None,
-                           chunk_tokens: int = LOSS_CHUNK_TOKENS):
+                           chunk_tokens: int = LOGITS_CHUNK_TOKENS):
     """Next-token cross-entropy of a batch (padded, or packed with `shift_labels`), summed over trained
     positions and divided by `num_items_in_batch` (the trainer's count across accumulated micro-batches) or by
     this batch's trained positions."""

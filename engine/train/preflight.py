@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.train.loss import LOSS_CHUNK_TOKENS
+from engine.models.parts import LOGITS_CHUNK_TOKENS
 
 FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
 
@@ -71,7 +71,7 @@ def estimate_memory(model_config, lora_params: int, total_params: int, dtype, lo
         # attention inputs/outputs, MLP intermediates (gate, up, act) and norms kept for backward
         per_layer = positions * (10 * hidden + 3 * intermediate) * per_weight
     # the chunked loss (engine/train/loss.py) holds fp32 logits, softmax and gradient for one chunk at a time
-    logits = min(positions, LOSS_CHUNK_TOKENS) * vocab * 4 * 3 + positions * hidden * per_weight
+    logits = min(positions, LOGITS_CHUNK_TOKENS) * vocab * 4 * 3 + positions * hidden * per_weight
     return weights, lora, per_layer * layers + logits
 
 
@@ -130,7 +130,8 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     from engine.models.backends import build_peft_model, choose_backend
     from engine.data.tokenize import prepare_data
     from engine.models.loading import best_device, choose_dtype
-    from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts, uses_chunked_loss
+    from engine.models.parts import chunked_loss_parts
+    from engine.train.loss import chunked_causal_lm_loss, uses_chunked_loss
 
     device = best_device()
     dtype = choose_dtype(config.model.dtype, device)

@@ -9,6 +9,7 @@ timings, saving, probes) and the hooks the session clock overrides.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -25,13 +26,13 @@ from engine.errors import LoradeckError, RunError
 from engine.library_output import settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
-from engine.run.paths import RunPaths, make_run_dir, private_files
+from engine.run.paths import RunPaths, complete_checkpoints, make_run_dir, private_files
 from engine.run.space import RESERVE_BYTES, SpaceReserve, folder_bytes, free_bytes, is_disk_full
 from engine.run.status import SummaryKeeper, hold_run_lock
 from engine.train.batches import (TokenBudgetPlan, check_token_budget, make_collator, packing_choice,
                                   planned_steps)
 from engine.train.callback import run_directory_callback_class
-from engine.train.checkpoint import (complete_checkpoints, read_state, remove_folder, remove_stale_staging,
+from engine.train.checkpoint import (read_state, remove_folder, remove_stale_staging,
                                      write_checkpoint)
 from engine.train.loss import uses_chunked_loss
 from engine.train.sft import build_sft_config, loradeck_trainer_class, to_dataset
@@ -84,6 +85,7 @@ class TrainingRun:
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
+        self.load_seconds = 0.0
         self.with_optimizer = config.session.with_optimizer
         self.last_saved_step = -1
         self.resumed_from: dict[str, Any] | None = None
@@ -295,6 +297,56 @@ class TrainingRun:
         """Hook: why training must not start at all (no session time left), or None."""
         return None
 
+    def eval_deadline(self) -> float | None:
+        """Hook: when (epoch seconds) an after-training report must be done by; None without a session clock."""
+        return None
+
+    def write_eval_report(self, say: Callable[[str], None]) -> None:
+        """`eval.after_training`: the before/after report of the final adapter, as `loradeck eval RUN` writes it,
+        then an `eval_report` event. It never costs the run anything: when it cannot be written (no held-out data,
+        the session clock would run out, a stop signal, a failure) a `warning` says so and how to write it later."""
+        from engine.eval.report import EvalOutOfTime, evaluate, plan_eval, write_report
+
+        step = self.trainer.state.global_step if self.trainer is not None else None
+        later = f"`loradeck eval {self.paths.root}` writes it later (on any machine)"
+        deadline = self.eval_deadline()
+        stages: set[str] = set()
+
+        def progress(fraction: float, message: str) -> None:
+            stage = message.split(":")[0].split(" ")[0]
+            if stage not in stages:
+                stages.add(stage)
+                say(f"eval report {fraction:.0%}: {message}")
+
+        try:
+            plan = plan_eval(self.paths.root)
+            needed = self.load_seconds * 2 + max(self.eval_seconds, default=0.0) * 2
+            if deadline is not None and time.time() + needed > deadline:
+                raise EvalOutOfTime(f"loading the models and the held-out loss need about {needed:.0f} s, "
+                                    f"{max(0.0, deadline - time.time()):.0f} s is left")
+            say(f"eval report: base and adapter on {len(plan.items)} held-out prompts")
+            report, answers = evaluate(plan, progress=progress, should_stop=lambda: self.stop.reason is not None,
+                                       deadline=deadline)
+            folder = write_report(self.paths.root, report, answers)
+        except EvalOutOfTime as exc:
+            self.events.emit("warning", step=step, kind="eval",
+                             message=f"eval report skipped before the session deadline: {exc} — {later}")
+        except InterruptedError:
+            self.events.emit("warning", step=step, kind="eval",
+                             message=f"eval report stopped ({self.stop.signal_name or 'stop'}) — {later}")
+        except LoradeckError as exc:
+            self.events.emit("warning", step=step, kind="eval", message=f"eval report skipped: {exc}")
+        except Exception as exc:  # the adapter is saved and the run finished: a report failure must not undo that
+            traceback.print_exc()
+            self.events.emit("warning", step=step, kind="eval",
+                             message=f"eval report failed: {type(exc).__name__}: {exc} — {later}")
+        else:
+            self.events.emit("eval_report", step=step, folder=str(folder), headline=report["headline"],
+                             prompts=report["prompts"], seconds=report["seconds"]["total"],
+                             models={label: {"heldout_loss": model["heldout_loss"], "metrics": model["metrics"]}
+                                     for label, model in report["models"].items()})
+            say(f"eval report: {report['headline']} — {folder / 'report.md'}")
+
     def on_train_begin(self, state, control) -> None:
         """Hook run when the training loop starts (after a resume has restored the state)."""
 
@@ -439,6 +491,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
     model, tokenizer = build_peft_model(config, device, backend, say)
+    run.load_seconds = time.monotonic() - loaded_at
     run.model = model
     run.tokenizer = tokenizer
     run.fingerprint = base_fingerprint(model, config.model.name)
@@ -536,4 +589,11 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     events.emit("finished", reason=reason, step=step, loss=run.loss_tail[-1][1] if run.loss_tail else None,
                 adapter=str(run.paths.adapter), message=message)
     say(message)
+    if config.eval.after_training and reason == "completed":
+        del trainer, model  # the report loads the base and the saved adapter as `loradeck eval` does
+        run.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        run.write_eval_report(say)
     return 0

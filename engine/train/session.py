@@ -242,6 +242,10 @@ class SessionRun(TrainingRun):
             self.emit_deadline(state.global_step, decision)
         return None
 
+    def eval_deadline(self) -> float | None:
+        """An after-training report must be done a buffer before the session ends."""
+        return self.clock.deadline - self.clock.buffer_s
+
     def has_time_for(self, eval_batches: int) -> bool:
         """Whether a final eval of `eval_batches` batches still leaves time for the final save."""
         return self.clock.final_eval_fits(self.step_seconds, self.save_seconds, eval_batches)

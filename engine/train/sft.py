@@ -54,7 +54,8 @@ def loradeck_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             from transformers import Trainer
 
-            from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts
+            from engine.models.parts import chunked_loss_parts
+            from engine.train.loss import chunked_causal_lm_loss
 
             parts = chunked_loss_parts(self.accelerator.unwrap_model(model)) if self.loradeck_chunked_loss else None
             if parts is None or "labels" not in inputs or (return_outputs and not self.args.prediction_loss_only):

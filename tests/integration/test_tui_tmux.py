@@ -75,7 +75,7 @@ def test_home_then_attach_then_quit_in_a_real_terminal(runs):
         startup = tmux.wait_for("Runs", "demo-finished", "kaggle-deadline", "New run")
         assert startup < 5, f"home screen took {startup:.1f}s"
         time.sleep(1.0)  # the table takes focus once the first refresh has filled it
-        for _ in range(2):  # rows are newest first: demo-finished is the oldest
+        for _ in range(3):  # rows are newest first: demo-finished is the oldest of four
             tmux.keys("Down")
             time.sleep(0.3)
         tmux.keys("Enter")

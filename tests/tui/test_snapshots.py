@@ -52,7 +52,7 @@ def test_new_run_snapshot(snap_compare):
 def test_compare_snapshot(snap_compare):
     async def mark_two(pilot):
         await settle(pilot)
-        await pilot.press("space", "down", "space", "c")
+        await pilot.press("down", "space", "down", "space", "c")  # the two session runs, below demo-evaluated
         await settle(pilot)
     assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 30), run_before=mark_two)
 
@@ -130,3 +130,13 @@ def test_chat_blind_rated_snapshot(snap_compare, tmp_path, monkeypatch):
         await settle(pilot)
     monkeypatch.chdir(tmp_path)
     assert snap_compare(LoradeckApp(runs_dir=tmp_path / "runs"), terminal_size=(110, 26), run_before=blind_and_rate)
+
+
+def test_eval_screen_snapshot(snap_compare):
+    from tui.screens.evaluation import EvalScreen
+
+    async def open_report(pilot):
+        pilot.app.push_screen(EvalScreen(RUNS / "demo-evaluated"))
+        await pilot.pause(0.5)
+
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 40), run_before=open_report)

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from engine.run.history import RunHistory
 from tui.format import format_duration, format_number, short_path
 
-RUN_COLUMNS = ("", "run", "status", "step", "loss", "eval", "time left", "model")
+RUN_COLUMNS = ("", "run", "status", "step", "loss", "eval", "time left", "model", "last report")
 
 
 class HomeScreen(Screen):
@@ -28,6 +28,7 @@ class HomeScreen(Screen):
         Binding("c", "compare_runs", "Compare marked"),
         Binding("d", "dataset", "Dataset"),
         Binding("t", "chat", "Chat"),
+        Binding("v", "eval_report", "Eval"),
         Binding("r", "refresh_runs", "Refresh"),
     ]
     REFRESH_SECONDS = 2.0
@@ -38,6 +39,7 @@ class HomeScreen(Screen):
         self.config_path = config_path
         self.histories: dict[str, RunHistory] = {}
         self.marked: set[str] = set()
+        self.headlines: dict[str, tuple[float, str]] = {}  # run -> (its eval folder's mtime, last report's headline)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -50,6 +52,9 @@ class HomeScreen(Screen):
                 setup = Static(self._setup_text(), id="setup-panel", classes="panel")
                 setup.border_title = "New run starts from"
                 yield setup
+                report = Static("", id="report-panel", classes="panel")
+                report.border_title = "Last eval report"
+                yield report
         yield Footer()
 
     def on_mount(self) -> None:
@@ -114,13 +119,45 @@ class HomeScreen(Screen):
             mark = "●" if run.path in self.marked else " "
             table.add_row(mark, run.run_id, self._status_text(run.status), steps, format_number(run.loss),
                           format_number(run.eval_loss), format_duration(history.time_left(now)), run.model or "—",
-                          key=run.path)
+                          self._headline(run.path), key=run.path)
         if histories:
             table.move_cursor(row=min(cursor, len(histories) - 1))
+        self._show_report_headline()
         empty = self.query_one("#runs-empty", Static)
         empty.display = not histories
         empty.update(f"No runs in {self.runs_dir}/ yet. Press n for a new run, or\n"
                      "  loradeck train sample_data/configs/demo.toml")
+
+    def _headline(self, run_dir: str) -> str:
+        """The last eval report's headline, re-read only when the run's eval folder changes."""
+        from engine.eval.report import latest_report
+        from engine.run.paths import RunPaths
+
+        try:
+            stamp = RunPaths(Path(run_dir)).eval_reports.stat().st_mtime
+        except OSError:
+            return "—"
+        cached = self.headlines.get(run_dir)
+        if cached is None or cached[0] != stamp:
+            report = latest_report(run_dir)
+            headline = report["headline"].split(": ", 1)[-1] if report else "—"
+            cached = self.headlines[run_dir] = (stamp, headline)
+        return cached[1]
+
+    def _show_report_headline(self) -> None:
+        """The selected run's last report headline beside the table (the column may be scrolled out of view)."""
+        run = self._cursor_run()
+        panel = self.query_one("#report-panel", Static)
+        if run is None:
+            panel.update("")
+            return
+        headline = self._headline(run)
+        panel.update(f"{Path(run).name}\n{headline}\n[$text-muted]v opens it[/]" if headline != "—" else
+                     f"{Path(run).name}: no report yet\n[$text-muted]v, then r writes one (or loradeck eval RUN)[/]")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "runs-table":
+            self._show_report_headline()
 
     def _cursor_run(self) -> str | None:
         table = self.query_one("#runs-table", DataTable)
@@ -181,6 +218,16 @@ class HomeScreen(Screen):
             except LoradeckError:
                 self.notify(f"{Path(run).name} has no adapter yet: chatting with the base model", title="chat")
         self.app.open_chat(adapters)
+
+    def action_eval_report(self) -> None:
+        """The selected run's before/after report (and a new one on request)."""
+        run = self._cursor_run()
+        if not run:
+            self.notify("no run selected: train one first (n)", title="eval")
+            return
+        from tui.screens.evaluation import EvalScreen
+
+        self.app.push_screen(EvalScreen(run))
 
     def action_new_run(self) -> None:
         from tui.screens.new_run import NewRunScreen

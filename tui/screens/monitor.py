@@ -180,6 +180,8 @@ def log_line(event: dict, colours: dict[str, str]) -> Text:
                 f"{event.get('train_rows')} rows, {event.get('max_steps')} steps")
     elif kind == "control":
         label, text = "command", str(event.get("command"))
+    elif kind == "eval_report":
+        label, colour, text = "eval", "success", f"{event.get('headline')} (v: the report)"
     else:
         text = f"pid {event.get('pid')} on {event.get('host')}"
     # "text-muted" is a Textual expression ("auto 60%"), not a colour Rich can parse: dim instead.
@@ -214,6 +216,7 @@ class MonitorScreen(Screen):
         Binding("x", "stop_run", "Stop & save"),
         Binding("e", "extend", "Extend session"),
         Binding("z", "zoom", "Zoom"),
+        Binding("v", "eval_report", "Eval"),
         Binding("escape", "back", "Back"),
     ]
     POLL_SECONDS = 0.5
@@ -396,6 +399,17 @@ class MonitorScreen(Screen):
                 self.notify(f"session extended by {duration} at the next step", title="extend")
 
         self.app.push_screen(ExtendScreen(), answered)
+
+    def action_eval_report(self) -> None:
+        """The run's before/after report: once training has finished, or a report was written already."""
+        from engine.eval.report import report_folders
+        from tui.screens.evaluation import EvalScreen
+
+        if self.history.summary.status in ("starting", "running") and not report_folders(self.history.paths.root):
+            self.notify("the report compares the finished adapter with the base: press v once training ends "
+                        "(or set eval.after_training = true)", title="eval")
+            return
+        self.app.push_screen(EvalScreen(self.history.paths.root))
 
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:

@@ -8,7 +8,8 @@ import pytest
 
 from engine.run.events import read_events
 from engine.run.status import summarize_run
-from engine.train.checkpoint import complete_checkpoints, verify_checkpoint
+from engine.run.paths import complete_checkpoints
+from engine.train.checkpoint import verify_checkpoint
 from engine.train.run import run_training
 from tests.conftest import tiny_config
 

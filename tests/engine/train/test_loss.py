@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from engine.train.batches import make_collator
-from engine.train.loss import chunked_causal_lm_loss, chunked_loss_parts
+from engine.models.parts import chunked_loss_parts
+from engine.train.loss import chunked_causal_lm_loss
 from tests.engine.train.test_packing import lora_model, rows  # noqa: F401 (a fixture)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.train.checkpoint import complete_checkpoints, read_state, write_checkpoint
+from engine.run.paths import complete_checkpoints
+from engine.train.checkpoint import read_state, write_checkpoint
 from engine.run.events import read_events
 from engine.train.batches import EpochShuffleSampler
 from engine.train.run import run_training
