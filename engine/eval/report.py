@@ -246,10 +246,9 @@ def _label_for(models, folder: Path) -> str:
 
 
 def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-             deadline: float | None = None, models=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the report: (report, per-prompt answers). `models` may be a ChatModels already holding the base and
-    the plan's adapters; otherwise they are loaded here. `should_stop` is polled between batches (and every
-    generated token): InterruptedError when it says stop. With a `deadline` (epoch seconds), EvalOutOfTime as
+             deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the report: (report, per-prompt answers), loading the base once with every adapter of the plan beside
+    it. `should_stop` is polled between batches (and every generated token): InterruptedError when it says stop. With a `deadline` (epoch seconds), EvalOutOfTime as
     soon as the answers measured so far say the rest would not finish by then."""
     from engine.config import format_duration
 
@@ -274,10 +273,9 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
     import threading
 
     threading.Thread(target=warm_metric_imports, daemon=True).start()
-    if models is None:
-        say(0.0, f"loading {plan.base} and {len(plan.adapters)} adapter{'s' if len(plan.adapters) != 1 else ''}")
-        leave_bitsandbytes_unimported(plan.load_in_4bit)
-        models = ChatModels(plan.base, plan.adapters, load_in_4bit=plan.load_in_4bit)
+    say(0.0, f"loading {plan.base} and {len(plan.adapters)} adapter{'s' if len(plan.adapters) != 1 else ''}")
+    leave_bitsandbytes_unimported(plan.load_in_4bit)
+    models = ChatModels(plan.base, plan.adapters, load_in_4bit=plan.load_in_4bit)
     loaded_at = time.monotonic()
     labels = [BASE_LABEL] + [_label_for(models, folder) for folder in plan.adapters]
     tokenizer, model = models.tokenizer, models.model
@@ -489,14 +487,47 @@ def report_folders(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / REPORT_JSON).is_file())
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def report_problem(report: Any) -> str | None:
+    """Why a report.json read from disk cannot be shown (a report from another version, or edited by hand), or
+    None when it has every field the screens and the headline read."""
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        return f"not a {REPORT_FORMAT} report"
+    for key, kind in (("models", dict), ("comparisons", list), ("settings", dict), ("headline", str),
+                      ("source", str), ("created", str), ("caveat", str), ("prompts", int)):
+        if not isinstance(report.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    if "base" not in report["models"]:
+        return "no base model in 'models'"
+    for label, model in report["models"].items():
+        if not isinstance(model, dict) or not isinstance(model.get("metrics"), dict) \
+                or not _is_number(model.get("heldout_loss")) or not all(map(_is_number, model["metrics"].values())):
+            return f"model '{label}' is malformed"
+    for comparison in report["comparisons"]:
+        if not isinstance(comparison, dict) or comparison.get("model") not in report["models"] \
+                or not isinstance(comparison.get("metrics"), dict):
+            return "a comparison is malformed"
+        for row in comparison["metrics"].values():
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), int) for k in ("wins", "losses", "ties",
+                                                                                      "pairs")):
+                return "a comparison is malformed"
+    for key in ("blind", "checkpoints"):
+        if report.get(key) is not None and not isinstance(report[key], list):
+            return f"'{key}' is not a list"
+    return None
+
+
 def latest_report(run_dir: str | Path) -> dict[str, Any] | None:
-    """The newest readable report of a run, or None."""
+    """The newest readable, well-formed report of a run (older ones stand in for a damaged newest), or None."""
     for folder in reversed(report_folders(run_dir)):
         try:
             report = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(report, dict) and report.get("format") == REPORT_FORMAT:
+        if report_problem(report) is None:
             report["folder"] = str(folder)
             return report
     return None
@@ -514,9 +545,24 @@ def read_answers(folder: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("answers"), dict):
+        if _answer_row_ok(row):
             rows.append(row)
     return rows
+
+
+def _answer_row_ok(row: Any) -> bool:
+    """Whether an answers.jsonl row has the shape the Eval screen reads."""
+    if not isinstance(row, dict) or not isinstance(row.get("index"), int) or not isinstance(row.get("prompt"), list):
+        return False
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+               for m in row["prompt"]):
+        return False
+    if row.get("reference") is not None and not isinstance(row["reference"], str):
+        return False
+    answers = row.get("answers")
+    return isinstance(answers, dict) and "base" in answers and all(
+        isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("scores", {}), dict)
+        for a in answers.values())
 
 
 # ---------------------------------------------------------------- words and tables

@@ -120,7 +120,8 @@ def pane_halves(screen: str, width: int) -> tuple[str, str]:
 @pytest.mark.slow
 def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blind(tmp_path, default_model_dir):
     """The issue's done-when, on the bundled model: train the demo briefly, open Chat from Home, see base and
-    adapter answer side by side, rate ten held-out prompts blind, read the tally and the preference file."""
+    adapter answer side by side, rate ten held-out prompts blind, read the tally and the preference file; then
+    `loradeck eval` on the demo config's held-out prompts, the blind verdicts in the report."""
     import json
 
     runs = tmp_path / "runs"
@@ -190,3 +191,17 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         tmux.wait_gone("Runs")  # q quits (the chat worker has already been stopped on leaving Chat)
     finally:
         tmux.close()
+
+    # Did it help? The report on the demo config's held-out prompts, with this user's blind verdicts in it.
+    evaluation = subprocess.run([sys.executable, "-m", "tui.cli", "eval", str(run_dir), "--limit", "6", "--json"],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert evaluation.returncode == 0, evaluation.stderr
+    report = json.loads(evaluation.stdout)
+    base, adapter = report["models"]["base"], report["models"]["demo"]
+    assert adapter["metrics"]["format"] >= 0.9 and base["metrics"]["format"] <= 0.1
+    assert adapter["heldout_loss"] < base["heldout_loss"]
+    correct = report["comparisons"][0]["metrics"]["answer"]
+    assert correct["pairs"] == 6 and correct["interval"] is not None and base["metrics"]["answer"] is not None
+    assert report["blind"][0]["wins"] == wins and report["blind"][0]["challenger"] == "demo"
+    markdown = (Path(report["folder"]) / "report.md").read_text()
+    assert "| format conformance |" in markdown and f"demo wins {wins}" in markdown

@@ -71,8 +71,9 @@ async def test_home_shows_the_last_report_and_opens_it():
         prompts.focus()
         await pilot.press("down")
         second = screen.answers[1]
-        shown = text_of(app, "#eval-answer")
-        assert second["answers"]["demo-evaluated"]["text"].splitlines()[0] in shown and "reference" in shown
+        assert second["answers"]["base"]["text"].split()[0] in text_of(app, "#eval-answer-base")
+        assert second["answers"]["demo-evaluated"]["text"].splitlines()[0] in text_of(app, "#eval-answer-adapter")
+        assert "reference" in text_of(app, "#eval-question"), "base and adapter side by side under the prompt"
         await pilot.press("d")
         await pilot.pause(0.1)
         assert app.screen.__class__.__name__ == "DiffScreen"

@@ -71,6 +71,10 @@ def answer_text(row: dict[str, Any], label: str) -> str:
                else ""))
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 class EvalScreen(Screen):
     """A run's before/after report; r writes a new one."""
 
@@ -110,7 +114,10 @@ class EvalScreen(Screen):
                 with Horizontal():
                     yield DataTable(id="eval-prompts", cursor_type="row", zebra_stripes=True)
                     with VerticalScroll(id="eval-answer-scroll", classes="panel"):
-                        yield Static("", id="eval-answer")
+                        yield Static("", id="eval-question")
+                        with Horizontal(id="eval-sides"):
+                            yield Static("", id="eval-answer-base", classes="eval-side")
+                            yield Static("", id="eval-answer-adapter", classes="eval-side")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -146,7 +153,7 @@ class EvalScreen(Screen):
         if self.report is None or self.label is None:
             summary.update(f"No report for {self.run_dir.name} yet. Press [b]r[/b] to write one: base and adapter "
                            "answer the held-out prompts, then both are scored and compared prompt by prompt.")
-            for selector in ("#eval-bars", "#eval-blind", "#eval-answer"):
+            for selector in ("#eval-bars", "#eval-blind", "#eval-question", "#eval-answer-base", "#eval-answer-adapter"):
                 self.query_one(selector, Static).update("")
             self.query_one("#eval-prompts", DataTable).clear(columns=True)
             self.query_one("#eval-checkpoints", DataTable).clear(columns=True)
@@ -155,7 +162,7 @@ class EvalScreen(Screen):
         others = f"   (m: {len(self.labels)} adapters)" if len(self.labels) > 1 else ""
         summary.update(f"[b]{escape(report['headline'])}[/b]{others}\n"
                        f"[$text-muted]{report['prompts']} prompts from {escape(Path(report['source']).name)} · greedy, "
-                       f"{report['settings']['max_new_tokens']} new tokens · {escape(report['created'])} · "
+                       f"{report['settings'].get('max_new_tokens', '?')} new tokens · {escape(report['created'])} · "
                        f"{escape(report['folder'])}/report.md[/]")
         for column in TABLE_HEADER:
             table.add_column(column.format(label=label))
@@ -213,11 +220,11 @@ class EvalScreen(Screen):
         table = self.query_one("#eval-prompts", DataTable)
         table.clear(columns=True)
         label = self.label
-        for column in ("#", "prompt", "base", label):
+        for column in ("#", "prompt", "base", "adapter"):  # the adapter's name is in the answer panel
             table.add_column(column)
         for row in self.answers:
             question = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
-            table.add_row(str(row["index"] + 1), " ".join(question.split())[:48],
+            table.add_row(str(row["index"] + 1), _clip(" ".join(question.split()), 34),
                           self._marks(row, "base"), self._marks(row, label), key=str(row["index"]))
         self._show_answer(0)
 
@@ -228,17 +235,21 @@ class EvalScreen(Screen):
         return " ".join(marks) or "·"
 
     def _show_answer(self, position: int) -> None:
-        panel = self.query_one("#eval-answer", Static)
+        """The prompt and its reference above the two answers, base on the left, side by side."""
+        panels = [self.query_one(selector, Static)
+                  for selector in ("#eval-question", "#eval-answer-base", "#eval-answer-adapter")]
         if not self.answers or self.label is None:
-            panel.update("")
+            for panel in panels:
+                panel.update("")
             return
         row = self.answers[min(position, len(self.answers) - 1)]
         question = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
-        parts = [f"[b]{escape(question)}[/b]"]
+        top = f"[b]{escape(question)}[/b]"
         if row.get("reference") is not None:
-            parts.append(f"[$text-muted]reference[/]\n{escape(row['reference'])}")
-        parts += [answer_text(row, "base"), answer_text(row, self.label), "[$text-muted]d: word diff[/]"]
-        panel.update("\n\n".join(part for part in parts if part))
+            top += f"\n[$text-muted]reference[/]\n{escape(row['reference'])}"
+        panels[0].update(top + "\n[$text-muted]d: word diff[/]")
+        panels[1].update(answer_text(row, "base"))
+        panels[2].update(answer_text(row, self.label))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "eval-prompts":
@@ -257,8 +268,11 @@ class EvalScreen(Screen):
             return
         table = self.query_one("#eval-prompts", DataTable)
         row = self.answers[min(table.cursor_row, len(self.answers) - 1)]
-        self.app.push_screen(DiffScreen("base", row["answers"]["base"]["text"], self.label,
-                                        row["answers"][self.label]["text"]))
+        mine = row["answers"].get(self.label)
+        if mine is None:
+            self.notify(f"{self.label} has no answer to this prompt in the report", title="eval")
+            return
+        self.app.push_screen(DiffScreen("base", row["answers"]["base"]["text"], self.label, mine["text"]))
 
     # ------------------------------------------------------------ a new report
 

@@ -154,3 +154,29 @@ def test_a_deadline_mid_answers_stops_the_report(trained_run):
 
     with pytest.raises(EvalOutOfTime):
         evaluate(plan, deadline=time.time() + 0.001)
+
+
+def test_damaged_report_files_are_passed_over_not_shown(tmp_path):
+    import shutil
+
+    from tests.conftest import SAMPLE_DATA
+
+    recorded = next((SAMPLE_DATA / "runs" / "demo-evaluated" / "eval").iterdir())
+    run_dir = tmp_path / "run"
+    shutil.copytree(recorded, run_dir / "eval" / "20261127-000000")
+    good = latest_report(run_dir)
+    assert good is not None and good["headline"].startswith("demo-evaluated: format 0%→100%")
+
+    newer = run_dir / "eval" / "20261128-000000"
+    newer.mkdir()
+    broken = dict(good, models={"base": {"metrics": {"format": "lots"}, "heldout_loss": None}})
+    (newer / "report.json").write_text(json.dumps(broken))
+    assert latest_report(run_dir)["folder"] == good["folder"], "a malformed newest report gives way to the last good one"
+    (newer / "report.json").write_text("{not json")
+    assert latest_report(run_dir)["folder"] == good["folder"]
+
+    answers = run_dir / "eval" / "20261127-000000" / "answers.jsonl"
+    rows = answers.read_text().splitlines()
+    answers.write_text("\n".join(rows[:2] + ['{"index": "x"}', "garbage", '{"index": 3, "prompt": "not a list"}']
+                                 + rows[2:]) + "\n")
+    assert len(read_answers(answers.parent)) == 24
