@@ -197,3 +197,23 @@ async def test_a_long_log_loads_in_slices_showing_loading_never_a_wrong_status(t
                 break
         assert "finished" in text_of(app, "#progress-line") and "30000/30000" in text_of(app, "#progress-line")
         assert app.screen.history.loss.steps[-1] == 30000
+
+
+async def test_an_eval_report_event_is_logged_with_its_headline_and_v_opens_it(tmp_path):
+    from tui.screens.evaluation import EvalScreen
+
+    run_dir = tmp_path / "demo-evaluated"
+    shutil.copytree(RUNS / "demo-evaluated", run_dir)
+    folder = next((run_dir / "eval").iterdir())
+    with open(run_dir / "events.jsonl", "a") as events:
+        events.write(json.dumps({"v": 1, "ts": time.time(), "type": "eval_report", "step": 96, "folder": str(folder),
+                                 "headline": "demo-evaluated: format 0%→100% · loss 2.75→0.06", "prompts": 24}) + "\n")
+    app = LoradeckApp(runs_dir=tmp_path, attach_to=run_dir)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.pause(0.3)
+        log = app.screen.query_one("#event-log", RichLog)
+        logged = " ".join(" ".join(line.text.split()) for line in log.lines)  # long lines wrap in the panel
+        assert "eval demo-evaluated: format 0%→100%" in logged and "(v: the report)" in logged
+        await pilot.press("v")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, EvalScreen) and app.screen.report["folder"] == str(folder)
