@@ -132,6 +132,12 @@ def plan_eval(run_dir: str | Path, *, adapters: list[str | Path] = (), prompts: 
         raise ConfigError(f"eval: --batch-size must be at least 1, not {batch_size}")
 
     folders: list[Path] = []
+    if not adapters:
+        try:
+            resolve_adapter(paths.root)
+        except ModelError:
+            raise ModelError(f"{run_dir}: no adapter yet (no adapter/, handoff/ or complete checkpoint) — evaluate "
+                             "once the run has saved, or pass --adapter") from None
     for adapter in adapters or [paths.root]:
         folder = resolve_adapter(adapter).resolve()
         if folder not in folders:

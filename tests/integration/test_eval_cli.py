@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.train.run import run_training
-from tests.conftest import LORADECK, REPO, tiny_config
+from tests.conftest import LORADECK, REPO, SAMPLE_DATA, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_eval_prints_the_before_after_table_and_writes_the_report(tiny_run):
     (["{run}", "--max-new-tokens", "0"], "--max-new-tokens must be 1–8192"),
     (["{run}", "--prompts", "/nowhere/prompts.txt"], "no such file"),
     (["{run}", "--adapter", "/nowhere/adapter"], "no such folder"),
+    ([str(SAMPLE_DATA / "runs" / "demo-finished")], "no adapter yet"),
 ])
 def test_eval_mistakes_are_one_line_errors(tiny_run, args, message):
     result = subprocess.run(LORADECK + ["eval", *[a.format(run=tiny_run) for a in args]], cwd=REPO,
