@@ -301,13 +301,12 @@ class TrainingRun:
         """Hook: when (epoch seconds) an after-training report must be done by; None without a session clock."""
         return None
 
-    def write_eval_report(self, say: Callable[[str], None]) -> None:
+    def write_eval_report(self, step: int, say: Callable[[str], None]) -> None:
         """`eval.after_training`: the before/after report of the final adapter, as `loradeck eval RUN` writes it,
         then an `eval_report` event. It never costs the run anything: when it cannot be written (no held-out data,
         the session clock would run out, a stop signal, a failure) a `warning` says so and how to write it later."""
         from engine.eval.report import EvalOutOfTime, evaluate, plan_eval, write_report
 
-        step = self.trainer.state.global_step if self.trainer is not None else None
         later = f"`loradeck eval {self.paths.root}` writes it later (on any machine)"
         deadline = self.eval_deadline()
         stages: set[str] = set()
@@ -590,10 +589,12 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                 adapter=str(run.paths.adapter), message=message)
     say(message)
     if config.eval.after_training and reason == "completed":
-        del trainer, model  # the report loads the base and the saved adapter as `loradeck eval` does
-        run.model = None
+        # The report loads the base and the saved adapter as `loradeck eval` does: the trained copy (held by the
+        # trainer, its optimizer and the run) goes first, or a GPU would hold two.
+        del trainer, model
+        run.trainer = run.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        run.write_eval_report(say)
+        run.write_eval_report(step, say)
     return 0
