@@ -180,3 +180,25 @@ def test_damaged_report_files_are_passed_over_not_shown(tmp_path):
     answers.write_text("\n".join(rows[:2] + ['{"index": "x"}', "garbage", '{"index": 3, "prompt": "not a list"}']
                                  + rows[2:]) + "\n")
     assert len(read_answers(answers.parent)) == 24
+
+
+def test_after_training_frees_the_trained_model_before_the_report_loads_its_own(chatty_model_dir, tmp_path):
+    import gc
+    import weakref
+
+    from engine.train.run import TrainingRun
+
+    seen = {}
+
+    class Watched(TrainingRun):
+        def after_step(self, state, control):
+            super().after_step(state, control)
+            seen["model"] = weakref.ref(self.model)
+
+        def write_eval_report(self, step, say):
+            gc.collect()
+            seen["alive"], seen["step"] = seen["model"]() is not None, step
+
+    assert run_training(tmp_path / "free", tiny_config(chatty_model_dir, "eval.after_training=true"),
+                        run_class=Watched) == 0
+    assert seen == {"model": seen["model"], "alive": False, "step": 3}, "a GPU would otherwise hold two copies"
