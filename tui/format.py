@@ -57,3 +57,9 @@ def format_share(value: float | None) -> str:
         return "—"
     percent = value * 100
     return f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"
+
+
+def one_line(text: str, width: int) -> str:
+    """`text` on one line (runs of whitespace, newlines included, become one space), cut to `width` with '…'."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"

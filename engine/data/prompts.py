@@ -26,7 +26,12 @@ class PromptItem:
     @property
     def text(self) -> str:
         """The last user message (what a pane shows as the question)."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        return question_of(self.messages)
+
+
+def question_of(messages: list[dict[str, str]]) -> str:
+    """The last user message of a conversation: the question its answer answers."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def _from_conversation(conversation, where: str) -> PromptItem | None:

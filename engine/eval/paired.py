@@ -46,7 +46,7 @@ class PairedComparison:
 
     def verdict(self) -> str:
         """One honest phrase for the report."""
-        if self.pairs < MIN_PAIRS:
+        if short_verdict(self.direction, self.pairs) == "too few prompts":
             return f"too few prompts ({self.pairs}) to tell"
         if self.direction == "unclear":
             return "no clear difference (the 95% interval includes 0)"
@@ -58,6 +58,13 @@ class PairedComparison:
         row["direction"] = self.direction
         row["verdict"] = self.verdict()
         return row
+
+
+def short_verdict(direction: str, pairs: int) -> str:
+    """A comparison's verdict for a table: better, worse, no clear difference, or too few prompts."""
+    if pairs < MIN_PAIRS:
+        return "too few prompts"
+    return direction if direction in ("better", "worse") else "no clear difference"
 
 
 def bootstrap_interval(deltas: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,

@@ -23,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.data.prompts import question_of
 from engine.errors import ConfigError, DataError, ModelError
-from engine.eval.metrics import (LOWER_IS_BETTER, METRIC_NAMES, REFERENCE_METRICS, FormatRule, format_rule, score_answer,
-                                 warm_metric_imports)
-from engine.eval.paired import compare_paired
+from engine.eval.metrics import (LOWER_IS_BETTER, METRIC_NAMES, REFERENCE_METRICS, FormatRule, format_rule,
+                                 score_answer, warm_metric_imports)
+from engine.eval.paired import compare_paired, short_verdict
 
 REPORT_FORMAT = "loradeck-eval/1"
 REPORT_FILE, REPORT_JSON, ANSWERS_FILE = "report.md", "report.json", "answers.jsonl"
@@ -59,7 +60,7 @@ class EvalPlan:
     base: str
     load_in_4bit: bool
     adapters: list[Path]
-    steps: dict[str, int | None]  # adapter folder -> training step it was saved at
+    steps: list[int | None]  # the training step each adapter was saved at
     items: list[EvalItem]
     source: str
     rule: FormatRule
@@ -69,7 +70,7 @@ class EvalPlan:
     max_length: int
     train_on: str
     checkpoints: bool
-    primary: list[str] = field(default_factory=list)  # the adapters asked for; the rest are the run's checkpoints
+    primary: int = 1  # the first `primary` adapters were asked for; the rest are the run's checkpoints
     notes: list[str] = field(default_factory=list)
 
 
@@ -86,8 +87,21 @@ def _adapter_step(folder: Path) -> int | None:
         return None
 
 
-def _items_from_file(path: Path, system_prompt: str, limit: int | None) -> list[EvalItem]:
-    from engine.data.prompts import prompt_item, prompts_from_file
+def _eval_items(conversations: list, source: str) -> list[EvalItem]:
+    """Each conversation's prompt, with the conversation kept for held-out loss when it has a reference answer."""
+    from engine.data.prompts import prompt_item
+
+    items = []
+    for conversation in conversations:
+        prompt = prompt_item(conversation, source)
+        if prompt is not None:
+            items.append(EvalItem(prompt, conversation if prompt.reference is not None else None))
+    return items
+
+
+def _items_from_file(path: Path, system_prompt: str) -> list[EvalItem]:
+    """A dataset file's rows (their answers are the references), else prompts without references."""
+    from engine.data.prompts import prompts_from_file
     from engine.data.readers import load_dataset_file, to_conversations
 
     if path.suffix.lower() not in (".txt", ".md", ""):
@@ -96,13 +110,8 @@ def _items_from_file(path: Path, system_prompt: str, limit: int | None) -> list[
         except DataError:
             loaded = None
         if loaded is not None and loaded.format != "text":
-            items = []
-            for conversation in to_conversations(loaded, system_prompt):
-                prompt = prompt_item(conversation, str(path))
-                if prompt is not None:
-                    items.append(EvalItem(prompt, conversation if prompt.reference is not None else None))
-            return items[:limit] if limit else items
-    return [EvalItem(prompt, None) for prompt in prompts_from_file(path, limit, system_prompt)]
+            return _eval_items(to_conversations(loaded, system_prompt), str(path))
+    return [EvalItem(prompt, None) for prompt in prompts_from_file(path, system_prompt=system_prompt)]
 
 
 def plan_eval(run_dir: str | Path, *, adapters: list[str | Path] = (), prompts: str | Path | None = None,
@@ -111,10 +120,9 @@ def plan_eval(run_dir: str | Path, *, adapters: list[str | Path] = (), prompts: 
     """Check a report's inputs: the run (its config and `[eval]` section), the adapters (default: the run's own),
     the prompts (default: the run's held-out data) and the settings. Raises a one-line LoradeckError."""
     from engine.config import load_config
-    from engine.data.prompts import held_out_conversations, prompt_item
+    from engine.data.prompts import held_out_conversations
     from engine.models.adapters import resolve_adapter
-    from engine.run.paths import require_run_dir
-    from engine.run.paths import complete_checkpoints
+    from engine.run.paths import complete_checkpoints, require_run_dir
 
     paths = require_run_dir(run_dir)
     if not paths.config.is_file():
@@ -131,48 +139,42 @@ def plan_eval(run_dir: str | Path, *, adapters: list[str | Path] = (), prompts: 
     if batch_size < 1:
         raise ConfigError(f"eval: --batch-size must be at least 1, not {batch_size}")
 
-    folders: list[Path] = []
-    if not adapters:
+    if adapters:
+        asked = [resolve_adapter(adapter).resolve() for adapter in adapters]
+    else:
         try:
-            resolve_adapter(paths.root)
+            asked = [resolve_adapter(paths.root).resolve()]
         except ModelError:
             raise ModelError(f"{run_dir}: no adapter yet (no adapter/, handoff/ or complete checkpoint) — evaluate "
                              "once the run has saved, or pass --adapter") from None
-    for adapter in adapters or [paths.root]:
-        folder = resolve_adapter(adapter).resolve()
-        if folder not in folders:
-            folders.append(folder)
+    folders = list(dict.fromkeys(asked))
+    steps = [_adapter_step(folder) for folder in folders]
     primary = len(folders)
     if checkpoints:
-        final_steps = {_adapter_step(folder) for folder in folders}
         for checkpoint in complete_checkpoints(paths.checkpoints):
+            step = _adapter_step(checkpoint)
             # the checkpoint the final adapter was saved from is the same weights: evaluated once
             if (checkpoint / "adapter_config.json").is_file() and checkpoint.resolve() not in folders \
-                    and _adapter_step(checkpoint) not in final_steps:
+                    and step not in steps[:primary]:
                 folders.append(checkpoint.resolve())
+                steps.append(step)
     model_name, run_4bit = (base, False) if base else (config.model.name, config.model.load_in_4bit)
 
-    if prompts is not None:
-        source_path = Path(prompts).expanduser()
-        if source_path.is_dir():
-            conversations, source = held_out_conversations(source_path)
-            items = [EvalItem(p, c if p.reference is not None else None)
-                     for p, c in ((prompt_item(c, source), c) for c in conversations) if p is not None]
-        else:
-            source = str(source_path)
-            items = _items_from_file(source_path, config.data.system_prompt, None)
+    source_path = Path(prompts).expanduser() if prompts is not None else paths.root
+    if source_path.is_dir():  # a run directory: its held-out rows
+        conversations, source = held_out_conversations(source_path)
+        items = _eval_items(conversations, source)
     else:
-        conversations, source = held_out_conversations(paths.root)
-        items = [EvalItem(p, c if p.reference is not None else None)
-                 for p, c in ((prompt_item(c, source), c) for c in conversations) if p is not None]
+        source = str(source_path)
+        items = _items_from_file(source_path, config.data.system_prompt)
     if limit:
         items = items[:limit]
     if not items:
         raise DataError(f"{source}: no prompts to evaluate — the held-out set is empty")
     rule = format_rule(section.format_regex, section.format_json_schema)
-    return EvalPlan(paths.root, model_name, run_4bit, folders, {str(f): _adapter_step(f) for f in folders}, items,
-                    source, rule, section.answer_regex, max_new_tokens, batch_size, config.data.max_length,
-                    config.data.train_on, checkpoints, primary=[str(f) for f in folders[:primary]])
+    return EvalPlan(paths.root, model_name, run_4bit, folders, steps, items, source, rule, section.answer_regex,
+                    max_new_tokens, batch_size, config.data.max_length, config.data.train_on, checkpoints,
+                    primary=primary)
 
 
 # ---------------------------------------------------------------- held-out loss
@@ -247,15 +249,12 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _label_for(models, folder: Path) -> str:
-    return next(label for label, path in models.adapter_paths.items() if path.resolve() == folder)
-
-
 def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
              deadline: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the report: (report, per-prompt answers), loading the base once with every adapter of the plan beside
-    it. `should_stop` is polled between batches (and every generated token): InterruptedError when it says stop. With a `deadline` (epoch seconds), EvalOutOfTime as
-    soon as the answers measured so far say the rest would not finish by then."""
+    it. `should_stop` is polled between batches (and every generated token): InterruptedError when it says stop.
+    With a `deadline` (epoch seconds), EvalOutOfTime as soon as the answers measured so far say the rest would not
+    finish by then."""
     from engine.config import format_duration
 
     if deadline is not None:
@@ -283,23 +282,21 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
     leave_bitsandbytes_unimported(plan.load_in_4bit)
     models = ChatModels(plan.base, plan.adapters, load_in_4bit=plan.load_in_4bit)
     loaded_at = time.monotonic()
-    labels = [BASE_LABEL] + [_label_for(models, folder) for folder in plan.adapters]
+    labels = list(models.labels)  # the base, then one per adapter in the plan's order
     tokenizer, model = models.tokenizer, models.model
     notes = list(plan.notes)
 
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     items = plan.items
+    prompt_lengths = [len(tokenizer.apply_chat_template(item.prompt.messages, add_generation_prompt=True))
+                      for item in items]
     if isinstance(context, int):
-        prompt_lengths = [len(tokenizer.apply_chat_template(item.prompt.messages, add_generation_prompt=True))
-                          for item in items]
         kept = [i for i, length in enumerate(prompt_lengths) if length + plan.max_new_tokens <= context]
         if len(kept) < len(items):
             notes.append(f"{len(items) - len(kept)} prompts are too long for the model's context of {context:,} "
                          f"tokens with {plan.max_new_tokens} new tokens and were left out")
             items = [items[i] for i in kept]
             prompt_lengths = [prompt_lengths[i] for i in kept]
-    else:
-        prompt_lengths = [len(item.prompt.messages) for item in items]
     if not items:
         raise DataError("no prompt fits the model's context with the requested new tokens — lower --max-new-tokens")
 
@@ -364,7 +361,6 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
     generated_at = time.monotonic()
 
     # Scores, per answer and per model.
-    scoring_started = time.monotonic()
     scores: dict[tuple[int, str], dict[str, Any]] = {}
     for (index, label), answer in answers.items():
         scores[(index, label)] = score_answer(answer.text, items[index].prompt.reference, plan.rule,
@@ -372,18 +368,17 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
         scores[(index, label)]["heldout_loss"] = losses[label][index]
         scores[(index, label)]["answer_tokens"] = answer.new_tokens
     report_models: dict[str, Any] = {}
-    for label in labels:
+    for position, label in enumerate(labels):
+        adapter = position - 1  # the base has none
         per_prompt = [scores[(i, label)] for i in range(len(items))]
         total, count = totals.get(label, (0.0, 0))
         loss = total / count if count else None
         report_models[label] = {
-            "adapter": str(models.adapter_paths[label]) if label in models.adapter_paths else None,
-            "step": plan.steps.get(str(models.adapter_paths[label].resolve())) if label in models.adapter_paths
-            else None,
+            "adapter": str(plan.adapters[adapter]) if adapter >= 0 else None,
+            "step": plan.steps[adapter] if adapter >= 0 else None,
             "heldout_loss": loss, "perplexity": math.exp(min(loss, 700)) if loss is not None else None,
             "loss_tokens": count,
-            "checkpoint": label in models.adapter_paths
-            and str(models.adapter_paths[label].resolve()) not in plan.primary,
+            "checkpoint": adapter >= plan.primary,
             "metrics": {name: _mean([s[name] for s in per_prompt]) for name in REFERENCE_METRICS + ("format",)},
             "answer_tokens": _mean([s["answer_tokens"] for s in per_prompt]),
             "stopped_by_length": sum(1 for i in range(len(items)) if answers[(i, label)].stopped_by == "length"),
@@ -409,8 +404,8 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
     by_step = None
     if plan.checkpoints:
         by_step = sorted(
-            ({"label": label, "step": report_models[label]["step"], "heldout_loss": report_models[label]["heldout_loss"],
-              "metrics": report_models[label]["metrics"]} for label in labels[1:]),
+            ({"label": label, **{key: report_models[label][key] for key in ("step", "heldout_loss", "metrics")}}
+             for label in labels[1:]),
             key=lambda row: (row["step"] is None, row["step"] or 0))
     best = None
     if by_step:
@@ -442,7 +437,7 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
         "caveat": OVERLAP_CAVEAT,
         "seconds": {"load": round(loaded_at - started, 2), "loss": round(loss_done_at - loaded_at, 2),
                     "generate": round(generated_at - loss_done_at, 2),
-                    "score": round(scored_at - scoring_started, 2), "total": round(elapsed, 2)},
+                    "score": round(scored_at - generated_at, 2), "total": round(elapsed, 2)},
         "generated_tokens": new_tokens,
     }
     report["headline"] = headline(report)
@@ -600,6 +595,11 @@ def _interval_text(name: str, row: dict[str, Any]) -> str:
     return f"{format_delta(name, low)} … {format_delta(name, high)}"
 
 
+def metric_value(model: dict[str, Any], name: str) -> float | None:
+    """One model's figure for a compared metric from a report (held-out loss sits beside the answer metrics)."""
+    return model.get("heldout_loss") if name == "heldout_loss" else model["metrics"].get(name)
+
+
 def comparison_rows(report: dict[str, Any], label: str) -> list[list[str]]:
     """The before/after table of one adapter: metric, base, adapter, Δ, 95% interval, wins/losses/ties, verdict."""
     comparison = next((c for c in report["comparisons"] if c["model"] == label), None)
@@ -610,16 +610,10 @@ def comparison_rows(report: dict[str, Any], label: str) -> list[list[str]]:
         row = comparison["metrics"].get(name)
         if row is None:
             continue
-        base = report["models"]["base"]["heldout_loss"] if name == "heldout_loss" \
-            else report["models"]["base"]["metrics"].get(name)
-        mine = report["models"][label]["heldout_loss"] if name == "heldout_loss" \
-            else report["models"][label]["metrics"].get(name)
-        verdict = {"better": "better", "worse": "worse"}.get(row["direction"], "no clear difference")
-        if row["pairs"] < 5:
-            verdict = "too few prompts"
-        rows.append([METRIC_NAMES[name], format_value(name, base), format_value(name, mine),
+        rows.append([METRIC_NAMES[name], format_value(name, metric_value(report["models"]["base"], name)),
+                     format_value(name, metric_value(report["models"][label], name)),
                      format_delta(name, row["mean_delta"]), _interval_text(name, row),
-                     f"{row['wins']}/{row['losses']}/{row['ties']}", verdict])
+                     f"{row['wins']}/{row['losses']}/{row['ties']}", short_verdict(row["direction"], row["pairs"])])
     return rows
 
 
@@ -745,8 +739,7 @@ def render_markdown(report: dict[str, Any], answers: list[dict[str, Any]], examp
     if answers:
         lines += ["## Answers", ""]
         for row in answers[:examples]:
-            question = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
-            lines += [f"**{question}**", ""]
+            lines += [f"**{question_of(row['prompt'])}**", ""]
             if row.get("reference") is not None:
                 lines += [f"- reference: {_one_line(row['reference'])}"]
             for label, answer in row["answers"].items():

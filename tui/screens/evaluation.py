@@ -24,9 +24,10 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, Tabb
 from textual_plotext import PlotextPlot
 
 from engine.eval.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from engine.data.prompts import question_of
 from engine.eval.report import (CHECKPOINT_HEADER, COMPARED_METRICS, TABLE_HEADER, checkpoint_rows, comparison_rows,
-                                format_value, latest_report, read_answers)
-from tui.format import theme_rgb
+                                format_value, latest_report, metric_value, read_answers)
+from tui.format import one_line, theme_rgb
 
 BAR_WIDTH = 30
 
@@ -37,7 +38,7 @@ def metric_bars(report: dict[str, Any], label: str, colours: dict[str, str]) -> 
     base, mine = report["models"]["base"], report["models"][label]
     width = max(len("base"), len(label))
     for name in COMPARED_METRICS:
-        values = [(m["heldout_loss"] if name == "heldout_loss" else m["metrics"].get(name)) for m in (base, mine)]
+        values = [metric_value(model, name) for model in (base, mine)]
         if any(v is None for v in values):
             continue
         scale = (max(values) or 1.0) if name in LOWER_IS_BETTER else 1.0
@@ -69,10 +70,6 @@ def answer_text(row: dict[str, Any], label: str) -> str:
     return (f"[b]{escape(label)}[/b]  [$text-muted]{escape(' · '.join(marks))}[/]\n{escape(answer['text']) or '(empty)'}"
             + (f"\n[$text-muted](stopped at {answer['new_tokens']} tokens)[/]" if answer.get("stopped_by") == "length"
                else ""))
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 class EvalScreen(Screen):
@@ -223,8 +220,7 @@ class EvalScreen(Screen):
         for column in ("#", "prompt", "base", "adapter"):  # the adapter's name is in the answer panel
             table.add_column(column)
         for row in self.answers:
-            question = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
-            table.add_row(str(row["index"] + 1), _clip(" ".join(question.split()), 34),
+            table.add_row(str(row["index"] + 1), one_line(question_of(row["prompt"]), 34),
                           self._marks(row, "base"), self._marks(row, label), key=str(row["index"]))
         self._show_answer(0)
 
@@ -243,8 +239,7 @@ class EvalScreen(Screen):
                 panel.update("")
             return
         row = self.answers[min(position, len(self.answers) - 1)]
-        question = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
-        top = f"[b]{escape(question)}[/b]"
+        top = f"[b]{escape(question_of(row['prompt']))}[/b]"
         if row.get("reference") is not None:
             top += f"\n[$text-muted]reference[/]\n{escape(row['reference'])}"
         panels[0].update(top + "\n[$text-muted]d: word diff[/]")

@@ -20,7 +20,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import format_bytes, format_duration, format_number, format_share, theme_rgb
+from tui.format import format_bytes, format_duration, format_number, format_share, one_line, theme_rgb
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
 GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
@@ -193,18 +193,14 @@ def probe_text(history: RunHistory, width: int = 70) -> str:
     """The latest probe answers, each under its prompt, with the first answer (before training) when it differs."""
     from rich.markup import escape
 
-    def one_line(text: str) -> str:
-        text = " ".join(str(text).split())
-        return text if len(text) <= width else text[:width - 1] + "…"
-
     first = {s["prompt"]: s["answer"] for s in (history.first_samples or {}).get("samples", [])}
     lines = []
     for sample in (history.latest_samples or {}).get("samples", []):
-        lines.append(f"[b]› {escape(one_line(sample['prompt']))}[/b]")
-        lines.append(f"  {escape(one_line(sample['answer']))}")
+        lines.append(f"[b]› {escape(one_line(sample['prompt'], width))}[/b]")
+        lines.append(f"  {escape(one_line(sample['answer'], width))}")
         before = first.get(sample["prompt"])
         if before is not None and before != sample["answer"] and history.first_samples is not history.latest_samples:
-            lines.append(f"  [$text-muted]step {history.first_samples.get('step')}: {escape(one_line(before))}[/]")
+            lines.append(f"  [$text-muted]step {history.first_samples.get('step')}: {escape(one_line(before, width))}[/]")
     return "\n".join(lines)
 
 
