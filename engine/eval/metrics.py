@@ -20,7 +20,7 @@ from engine.errors import ConfigError
 REFERENCE_METRICS = ("exact_match", "token_f1", "rouge_l", "chrf", "answer")
 METRIC_NAMES = {
     "heldout_loss": "held-out loss", "exact_match": "exact match", "token_f1": "token F1", "rouge_l": "ROUGE-L",
-    "chrf": "chrF", "answer": "correct answer found", "format": "format conformance", "answer_tokens": "answer tokens",
+    "chrf": "chrF", "answer": "correct answer found", "format": "format conformance",
 }
 LOWER_IS_BETTER = ("heldout_loss",)
 

@@ -366,7 +366,6 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
         scores[(index, label)] = score_answer(answer.text, items[index].prompt.reference, plan.rule,
                                               plan.answer_regex)
         scores[(index, label)]["heldout_loss"] = losses[label][index]
-        scores[(index, label)]["answer_tokens"] = answer.new_tokens
     report_models: dict[str, Any] = {}
     for position, label in enumerate(labels):
         adapter = position - 1  # the base has none
@@ -380,7 +379,7 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
             "loss_tokens": count,
             "checkpoint": adapter >= plan.primary,
             "metrics": {name: _mean([s[name] for s in per_prompt]) for name in REFERENCE_METRICS + ("format",)},
-            "answer_tokens": _mean([s["answer_tokens"] for s in per_prompt]),
+            "answer_tokens": _mean([answers[(i, label)].new_tokens for i in range(len(items))]),
             "stopped_by_length": sum(1 for i in range(len(items)) if answers[(i, label)].stopped_by == "length"),
         }
     comparisons = []
@@ -448,7 +447,7 @@ def evaluate(plan: EvalPlan, *, progress: Progress | None = None, should_stop: C
             "reference": item.prompt.reference,
             "answers": {label: {"text": answers[(index, label)].text, "new_tokens": answers[(index, label)].new_tokens,
                                 "stopped_by": answers[(index, label)].stopped_by,
-                                "scores": {k: v for k, v in scores[(index, label)].items() if k != "answer_tokens"}}
+                                "scores": scores[(index, label)]}
                         for label in labels}})
     return report, answer_rows
 
@@ -569,13 +568,11 @@ def _answer_row_ok(row: Any) -> bool:
 # ---------------------------------------------------------------- words and tables
 
 def format_value(name: str, value: float | None) -> str:
-    """A metric value for people: shares as percentages, losses with three decimals."""
+    """A metric value for people: shares as percentages, the held-out loss with three decimals."""
     if value is None:
         return "—"
-    if name in ("heldout_loss", "perplexity"):
+    if name in LOWER_IS_BETTER:
         return f"{value:.3f}"
-    if name == "answer_tokens":
-        return f"{value:.1f}"
     return f"{value:.0%}"
 
 
@@ -583,7 +580,7 @@ def format_delta(name: str, value: float | None) -> str:
     """A signed difference in the metric's own unit (points for shares)."""
     if value is None:
         return "—"
-    if name in ("heldout_loss", "perplexity"):
+    if name in LOWER_IS_BETTER:
         return f"{value:+.3f}"
     return f"{value * 100:+.0f} pts"
 
