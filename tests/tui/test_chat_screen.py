@@ -143,7 +143,8 @@ def test_a_killed_worker_is_reported_and_restarted_and_the_screen_keeps_working(
             first_pid = screen.client.process.pid
             os.kill(first_pid, signal.SIGKILL)
             await wait_until(pilot, lambda: screen.restarts)
-            assert any("chat worker stopped" in n.message for n in app._notifications)
+            # notify() posts a message; the app files it on its next turn
+            await wait_until(pilot, lambda: any("chat worker stopped" in n.message for n in app._notifications), timeout=5)
             await wait_until(pilot, lambda: screen.worker_state == "ready")
             assert screen.client.process.pid != first_pid
             await type_text(pilot, "hello")

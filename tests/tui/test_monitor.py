@@ -11,6 +11,7 @@ from textual.widgets import RichLog, Static
 from engine.run.telemetry import collect_telemetry, set_backend_factory
 from tests.conftest import SAMPLE_DATA
 from tests.fakes import FakeT4Backend
+from tests.tui.pilot_helpers import wait_until
 from tui.app import LoradeckApp
 from tui.screens.monitor import MonitorScreen
 
@@ -137,8 +138,7 @@ async def test_controls_on_a_finished_run_explain_instead_of_crashing(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.2)
         await pilot.press("s")
-        await pilot.pause(0.1)
-        assert any("no trainer is running" in n.message for n in app._notifications)
+        await wait_until(pilot, lambda: any("no trainer is running" in n.message for n in app._notifications), timeout=5)
 
 
 def test_probe_answers_show_beside_the_curve_with_the_starting_answer(tmp_path):
