@@ -12,6 +12,7 @@ loradeck's own progress lines are printed directly and never pass through here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 LIBRARY_LOGGERS = ("transformers", "datasets")  # libraries that attach their own stderr handler
 _HANDLER_NAME = "loradeck-library-output"
 _routed = False
+_destination: Path | None = None  # the routed log file; None: stderr (unrouted or --debug)
 
 
 def default_log_file() -> Path:
@@ -34,7 +36,7 @@ def route_library_output(log_file: str | Path | None = None, *, debug: bool = Fa
 
     Idempotent: a later call replaces the earlier destination (a foreground run moves it into its run log).
     """
-    global _routed
+    global _routed, _destination
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -44,6 +46,7 @@ def route_library_output(log_file: str | Path | None = None, *, debug: bool = Fa
         root.removeHandler(handler)
         handler.close()
     handler: logging.Handler
+    _destination = None if debug or log_file is None else Path(log_file)
     if debug or log_file is None:
         handler = logging.StreamHandler(sys.stderr)
     else:
@@ -67,6 +70,28 @@ def route_library_output(log_file: str | Path | None = None, *, debug: bool = Fa
 def library_output_routed() -> bool:
     """Whether this process routes library output (the CLI, the trainer and the chat worker do)."""
     return _routed
+
+
+@contextlib.contextmanager
+def library_stderr():
+    """Inside this block, whatever libraries write straight to stderr (progress bars that no logging setting
+    reaches, such as transformers' GGUF de-quantization bar) goes to the routed log instead; a no-op when output
+    is not routed or `--debug` shows it."""
+    if _destination is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(_destination, "a", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def settle_library_loggers() -> None:

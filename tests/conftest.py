@@ -100,3 +100,21 @@ def chatty_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    """A tiny Llama with a 600-token byte-level tokenizer and SmolLM2's ChatML template."""
+    from tests.small_models import byte_level_tokenizer, save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("small-model"), byte_level_tokenizer(smollm_tokenizer.chat_template))
+
+
+@pytest.fixture(scope="session")
+def small_run(small_model_dir, tmp_path_factory) -> Path:
+    """A LoRA trained 3 steps on the demo data over the small model."""
+    from engine.train.run import run_training
+
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    assert run_training(run_dir, tiny_config(small_model_dir, "train.max_steps=3")) == 0
+    return run_dir

@@ -18,8 +18,10 @@ ENGINE_LAYERS = {
     "engine.eval": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat"},
     "engine.train": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models", "engine.chat",
                      "engine.eval"},
+    "engine.export": {"engine.errors", "engine.config", "engine.run", "engine.data", "engine.models"},
 }
-for _package in ("engine.run", "engine.data", "engine.models", "engine.chat", "engine.eval", "engine.train"):
+for _package in ("engine.run", "engine.data", "engine.models", "engine.chat", "engine.eval", "engine.train",
+                 "engine.export"):
     ENGINE_LAYERS[_package].add("engine.library_output")  # process-wide output routing, used at entry points
 
 
