@@ -57,22 +57,26 @@ def test_models_lists_the_converted_default(default_model_dir):
     assert entries["smollm2-135m-instruct"].path == default_model_dir
 
 
-def _convert_into(cache_root: str, results) -> None:
+def _convert_into(cache_root: str, gguf: str, results) -> None:
     os.environ["XDG_CACHE_HOME"] = cache_root
-    from engine.models.loading import bundled_gguf, cache_dir, convert_gguf
+    from engine.models.loading import cache_dir, convert_gguf
 
-    target = convert_gguf(bundled_gguf("smollm2-135m-instruct"), cache_dir() / "smollm2-135m-instruct",
-                          progress=lambda message: None)
+    target = convert_gguf(Path(gguf), cache_dir() / "small", progress=lambda message: None)
     results.put(str(target))
 
 
-@pytest.mark.slow
-def test_concurrent_first_uses_convert_once_into_a_complete_folder(tmp_path):
+def test_concurrent_first_uses_convert_once_into_a_complete_folder(tmp_path, small_model_dir):
+    """Two processes converting one GGUF at once (a small one that `loradeck export` wrote: the lock and the
+    rename are the subject, not the size)."""
     from transformers import AutoModelForCausalLM
 
+    from engine.export.gguf_file import write_gguf
+
+    gguf = write_gguf(small_model_dir, tmp_path / "small-f16.gguf", "f16", name="small")
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    workers = [context.Process(target=_convert_into, args=(str(tmp_path), results)) for _ in range(2)]
+    workers = [context.Process(target=_convert_into, args=(str(tmp_path / "cache"), str(gguf), results))
+               for _ in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -85,4 +89,4 @@ def test_concurrent_first_uses_convert_once_into_a_complete_folder(tmp_path):
     leftovers = [p.name for p in target.parent.iterdir() if ".tmp-" in p.name]
     assert leftovers == []
     model = AutoModelForCausalLM.from_pretrained(target)
-    assert model.config.num_hidden_layers == 30
+    assert model.config.num_hidden_layers == 2
