@@ -16,3 +16,14 @@ async def type_text(pilot, text):
     """Type `text` key by key, as a person would."""
     for char in text:
         await pilot.press("space" if char == " " else char)
+
+
+async def select_run(pilot, app, run_name: str) -> None:
+    """Move Home's cursor to the run whose directory is `run_name`."""
+    from textual.widgets import DataTable
+
+    table = app.screen.query_one("#runs-table", DataTable)
+    await wait_until(pilot, lambda: table.row_count > 0)
+    keys = [str(table.coordinate_to_cell_key((row, 0)).row_key.value) for row in range(table.row_count)]
+    table.move_cursor(row=next(i for i, key in enumerate(keys) if key.endswith(run_name)))
+    await pilot.pause(0.05)

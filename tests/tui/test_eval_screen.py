@@ -6,7 +6,7 @@ from __future__ import annotations
 from textual.widgets import DataTable, ProgressBar, Static, TabbedContent
 
 from tests.conftest import SAMPLE_DATA
-from tests.tui.pilot_helpers import wait_until
+from tests.tui.pilot_helpers import select_run, wait_until
 from tui.app import LoradeckApp
 from tui.screens.evaluation import EvalScreen
 
@@ -21,16 +21,8 @@ def cells(table: DataTable) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row_at(row)] for row in range(table.row_count)]
 
 
-async def _select(pilot, app, run_name: str) -> None:
-    table = app.screen.query_one("#runs-table", DataTable)
-    await wait_until(pilot, lambda: table.row_count > 0)
-    keys = [str(table.coordinate_to_cell_key((row, 0)).row_key.value) for row in range(table.row_count)]
-    table.move_cursor(row=next(i for i, key in enumerate(keys) if key.endswith(run_name)))
-    await pilot.pause(0.05)
-
-
 async def _open_from_home(pilot, app, run_name: str) -> None:
-    await _select(pilot, app, run_name)
+    await select_run(pilot, app, run_name)
     await pilot.press("v")
     await wait_until(pilot, lambda: isinstance(app.screen, EvalScreen))
 
@@ -43,9 +35,9 @@ async def test_home_shows_the_last_report_and_opens_it():
         rows = {row[1]: row for row in cells(table)}
         assert rows["demo-evaluated"][-1] == "format 0%→100% · correct 62%→62% · loss 2.75→0.06"
         assert rows["demo-finished"][-1] == "—", "a run without a report says so"
-        await _select(pilot, app, "demo-evaluated")
+        await select_run(pilot, app, "demo-evaluated")
         assert "format 0%→100%" in text_of(app, "#report-panel") and "v opens it" in text_of(app, "#report-panel")
-        await _select(pilot, app, "demo-finished")
+        await select_run(pilot, app, "demo-finished")
         assert "no report yet" in text_of(app, "#report-panel")
         await _open_from_home(pilot, app, "demo-evaluated")
         screen = app.screen

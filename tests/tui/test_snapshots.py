@@ -140,3 +140,12 @@ def test_eval_screen_snapshot(snap_compare):
         await pilot.pause(0.5)
 
     assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 40), run_before=open_report)
+
+
+def test_export_dialog_snapshot(snap_compare):
+    from tui.screens.export import ExportScreen
+
+    async def open_export(pilot):
+        pilot.app.push_screen(ExportScreen(RUNS / "demo-evaluated"))
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 30), run_before=open_export)

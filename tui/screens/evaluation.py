@@ -8,8 +8,6 @@ curve, and every prompt's answers side by side with the word diff.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from engine.eval.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from engine.data.prompts import question_of
 from engine.eval.report import (CHECKPOINT_HEADER, COMPARED_METRICS, TABLE_HEADER, checkpoint_rows, comparison_rows,
                                 format_value, latest_report, metric_value, read_answers)
+from tui.child import ProgressChild
 from tui.format import one_line, theme_rgb
 
 BAR_WIDTH = 30
@@ -88,7 +87,7 @@ class EvalScreen(Screen):
         self.report: dict[str, Any] | None = None
         self.answers: list[dict[str, Any]] = []
         self.label_index = 0
-        self.process: subprocess.Popen | None = None
+        self.child: ProgressChild | None = None
         self.title = f"loradeck · eval {self.run_dir.name}"
 
     def compose(self) -> ComposeResult:
@@ -122,8 +121,8 @@ class EvalScreen(Screen):
         self.load_latest()
 
     def on_unmount(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        if self.child is not None:
+            self.child.stop()
 
     # ------------------------------------------------------------ the report on screen
 
@@ -272,40 +271,26 @@ class EvalScreen(Screen):
     # ------------------------------------------------------------ a new report
 
     def action_new_report(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.child is not None and self.child.running:
             self.notify("a report is being written already", title="eval")
             return
         bar = self.query_one("#eval-progress", ProgressBar)
         bar.display = True
         bar.update(progress=0.0)
         self.query_one("#eval-summary", Static).update("writing a report: loading the models…")
-        self.run_worker(self._write_report, thread=True, exclusive=True, group="eval")
+        child = self.child = ProgressChild(self.eval_command())
+        self.run_worker(lambda: child.run(self.app, self._progress, self._finished), thread=True,
+                        exclusive=True, group="eval")
 
     def eval_command(self) -> list[str]:
         """The child process that writes the report (the real CLI)."""
         return [sys.executable, "-m", "tui.cli", "eval", str(self.run_dir), "--json", "--progress-json"]
 
-    def _write_report(self) -> None:
-        self.process = subprocess.Popen(self.eval_command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, stdin=subprocess.DEVNULL)
-        last_error = ""
-        for line in self.process.stderr:
-            try:
-                update = json.loads(line)
-            except ValueError:
-                last_error = line.strip() or last_error
-                continue
-            if isinstance(update, dict) and "fraction" in update:
-                self.app.call_from_thread(self._progress, float(update["fraction"]), str(update.get("message", "")))
-        self.process.stdout.read()
-        code = self.process.wait()
-        self.app.call_from_thread(self._finished, code, last_error)
+    def _progress(self, update: dict[str, Any]) -> None:
+        self.query_one("#eval-progress", ProgressBar).update(progress=float(update["fraction"]))
+        self.query_one("#eval-summary", Static).update(f"writing a report: {escape(str(update.get('message', '')))}")
 
-    def _progress(self, fraction: float, message: str) -> None:
-        self.query_one("#eval-progress", ProgressBar).update(progress=fraction)
-        self.query_one("#eval-summary", Static).update(f"writing a report: {escape(message)}")
-
-    def _finished(self, code: int, error: str) -> None:
+    def _finished(self, code: int, output: str, error: str) -> None:
         self.query_one("#eval-progress", ProgressBar).display = False
         if code != 0:
             message = error.removeprefix("loradeck: error: ") or f"loradeck eval exited with {code}"

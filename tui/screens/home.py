@@ -29,6 +29,7 @@ class HomeScreen(Screen):
         Binding("d", "dataset", "Dataset"),
         Binding("t", "chat", "Chat"),
         Binding("v", "eval_report", "Eval"),
+        Binding("x", "export_run", "Export"),
         Binding("r", "refresh_runs", "Refresh"),
     ]
     REFRESH_SECONDS = 2.0
@@ -228,6 +229,24 @@ class HomeScreen(Screen):
         from tui.screens.evaluation import EvalScreen
 
         self.app.push_screen(EvalScreen(run))
+
+    def action_export_run(self) -> None:
+        """Export the selected run: merged model, GGUF files, Modelfile."""
+        from engine.errors import LoradeckError
+        from engine.models.adapters import resolve_adapter
+
+        run = self._cursor_run()
+        if not run:
+            self.notify("no run selected: train one first (n)", title="export")
+            return
+        try:
+            resolve_adapter(run)
+        except LoradeckError:
+            self.notify(f"{Path(run).name} has no adapter yet: export once it has saved one", title="export")
+            return
+        from tui.screens.export import ExportScreen
+
+        self.app.push_screen(ExportScreen(run))
 
     def action_new_run(self) -> None:
         from tui.screens.new_run import NewRunScreen

@@ -213,6 +213,7 @@ class MonitorScreen(Screen):
         Binding("e", "extend", "Extend session"),
         Binding("z", "zoom", "Zoom"),
         Binding("v", "eval_report", "Eval"),
+        Binding("o", "export_run", "Export"),
         Binding("escape", "back", "Back"),
     ]
     POLL_SECONDS = 0.5
@@ -406,6 +407,15 @@ class MonitorScreen(Screen):
                         "(or set eval.after_training = true)", title="eval")
             return
         self.app.push_screen(EvalScreen(self.history.paths.root))
+
+    def action_export_run(self) -> None:
+        """Export the finished run: merged model, GGUF files, Modelfile."""
+        from tui.screens.export import ExportScreen
+
+        if self.history.summary.status in ("starting", "running"):
+            self.notify("export the adapter once training ends (x stops it and saves)", title="export")
+            return
+        self.app.push_screen(ExportScreen(self.history.paths.root))
 
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:
