@@ -48,11 +48,24 @@ def _compare_dtype(plan: ExportPlan):
     import psutil
     import torch
 
-    from engine.export.plan import _parameter_count
-
-    if _parameter_count(plan.base_folder) * 4 < psutil.virtual_memory().available * 0.4:
+    if plan.parameters * 4 < psutil.virtual_memory().available * 0.4:
         return torch.float32
     return getattr(torch, DTYPES[plan.dtype])
+
+
+def _device_for(plan: ExportPlan, dtype) -> str:
+    """The GPU when the model fits in 80% of its free memory at `dtype`, else the CPU: a 16 GB card that trained
+    an 8B model in 4 bits cannot hold it merged in fp16, and the merge and checks run in RAM instead."""
+    import torch
+
+    from engine.models.loading import best_device
+
+    device = best_device()
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        if plan.parameters * torch.finfo(dtype).bits // 8 > 0.8 * free:
+            return "cpu"
+    return device
 
 
 def _tokenizer_for(plan: ExportPlan):
@@ -81,10 +94,10 @@ def _check_base_fingerprint(plan: ExportPlan, model) -> None:
                          f"{plan.base!r} — pass --base with the model it was trained on")
 
 
-def _free(*objects) -> None:
+def _free() -> None:
+    """Give memory back once the caller has dropped its models."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -95,15 +108,16 @@ def _merge(plan: ExportPlan, result: ExportResult, progress: StageProgress) -> t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from engine.models.loading import best_device, quiet_transformers
+    from engine.models.loading import quiet_transformers
 
     quiet_transformers()
-    device = best_device()
+    dtype = getattr(torch, DTYPES[plan.dtype])
+    device = _device_for(plan, dtype)
     if plan.trained_4bit:
         result.notes.append(QLORA_NOTE)
         progress("merge", 0.0, QLORA_NOTE)
     progress("merge", 0.05, f"loading {plan.base} in {plan.dtype}")
-    base = AutoModelForCausalLM.from_pretrained(plan.base_folder, dtype=getattr(torch, DTYPES[plan.dtype]))
+    base = AutoModelForCausalLM.from_pretrained(plan.base_folder, dtype=dtype)
     base.to(device)
     _check_base_fingerprint(plan, base)
     progress("merge", 0.35, f"applying the adapter {plan.adapter.name}")
@@ -133,7 +147,8 @@ def _merge(plan: ExportPlan, result: ExportResult, progress: StageProgress) -> t
     shutil.rmtree(plan.merged, ignore_errors=True)
     tmp.rename(plan.merged)
     progress("merge", 1.0, "merged/ written")
-    _free(model, merged, base)
+    del model, merged, base
+    _free()
     return unmerged, tokenizer
 
 
@@ -142,12 +157,11 @@ def _check_merged_folder(plan: ExportPlan, result: ExportResult, unmerged: Behav
     """Load merged/ the way a user would (plain transformers, nothing of ours) and answer the check prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.models.loading import best_device
-
     progress("check merged", 0.1, "loading merged/ with plain transformers")
     reloaded_tokenizer = AutoTokenizer.from_pretrained(plan.merged)
     same_ids = prompt_ids(reloaded_tokenizer, plan.prompts) == unmerged.token_ids
-    model = AutoModelForCausalLM.from_pretrained(plan.merged, dtype=_compare_dtype(plan)).to(best_device()).eval()
+    dtype = _compare_dtype(plan)
+    model = AutoModelForCausalLM.from_pretrained(plan.merged, dtype=dtype).to(_device_for(plan, dtype)).eval()
     progress("check merged", 0.5, "answering the check prompts")
     reference = behaviour(model, reloaded_tokenizer, plan.prompts, format_regex=plan.format_regex,
                           token_ids=unmerged.token_ids)
@@ -159,7 +173,8 @@ def _check_merged_folder(plan: ExportPlan, result: ExportResult, unmerged: Behav
         check["format_conformance"] = f"{sum(formatted)}/{len(formatted)}"
     result.checks.append(check)
     progress("check merged", 1.0, f"same answers {numbers['same_answers']}/{numbers['answers']}")
-    _free(model)
+    del model
+    _free()
     return reference
 
 
@@ -168,17 +183,16 @@ def _check_gguf(plan: ExportPlan, result: ExportResult, path: Path, type_name: s
     """Load the GGUF back with transformers (`gguf_file=`) and compare it with merged/ on the check prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.models.loading import best_device
-
     stage = f"check {type_name}"
     progress(stage, 0.05, f"loading {path.name} back with transformers (tokenizer)")
     with library_stderr():  # its de-quantization bar would tear through ours
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     same_ids = prompt_ids(tokenizer, plan.prompts) == reference.token_ids
     progress(stage, 0.4, f"loading {path.name} back with transformers (weights)")
+    dtype = _compare_dtype(plan)
     with library_stderr():
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=_compare_dtype(plan)).to(best_device()).eval()
+                                                     dtype=dtype).to(_device_for(plan, dtype)).eval()
     progress(stage, 0.7, "answering the check prompts")
     got = behaviour(model, tokenizer, plan.prompts, format_regex=plan.format_regex, token_ids=reference.token_ids)
     numbers = compare(reference, got)
@@ -194,7 +208,8 @@ def _check_gguf(plan: ExportPlan, result: ExportResult, path: Path, type_name: s
     result.checks.append(check)
     progress(stage, 1.0, f"same answers {numbers['same_answers']}/{numbers['answers']}, "
                          f"max logit difference {numbers['max_abs_logit_diff']:.3g}")
-    _free(model)
+    del model
+    _free()
 
 
 def _record_file(result: ExportResult, path: Path, kind: str) -> None:

@@ -42,6 +42,7 @@ class ExportPlan:
     prompts: list[PromptItem]
     format_regex: str
     system_prompt: str
+    parameters: int  # of the base model, from its safetensors headers
     estimated_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -53,9 +54,9 @@ class ExportPlan:
 
 
 def _parameter_count(folder: Path) -> int:
-    from engine.export.gguf_file import _safetensors_files, _tensor_headers
-
     import math
+
+    from engine.export.gguf_file import _safetensors_files, _tensor_headers
 
     return sum(math.prod(shape) for _, _, shape in _tensor_headers(_safetensors_files(folder)))
 
@@ -157,7 +158,7 @@ def plan_export(source: str | Path, out: str | Path, *, gguf_types: list[str] = 
     prompts = _check_prompts(run_dir, system_prompt, check_prompts)
     return ExportPlan(adapter, run_dir, base, base_folder, base_config, bool(model_section.get("load_in_4bit")),
                       dtype, out, export_name, types, ollama, translated, prompts,
-                      settings.get("eval", {}).get("format_regex", ""), system_prompt, estimated)
+                      settings.get("eval", {}).get("format_regex", ""), system_prompt, parameters, estimated)
 
 
 def _default_name(run_dir: Path | None, adapter: Path) -> str:
