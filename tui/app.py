@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Iterable
 
-from textual.app import App
+from textual.app import App, SystemCommand
+from textual.screen import Screen
 
 from themes import DEFAULT_THEME, STYLESHEET, THEMES
 from tui.screens.home import HomeScreen
@@ -28,6 +31,22 @@ class LoradeckApp(App):
         for theme in THEMES:
             self.register_theme(theme)
         self.theme = DEFAULT_THEME
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette (ctrl+p) holds every action of the screen it was opened on, with its key, then Textual's own
+        (themes, screenshot, quit)."""
+        textual_commands = list(super().get_system_commands(screen))
+        seen = {command.title for command in textual_commands}
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            title = binding.description
+            own = isinstance(active.node, (Screen, App)) and binding.show and binding.action != "command_palette"
+            if not own or not title or title in seen or not active.enabled:
+                continue  # widgets' scrolling keys and the palette itself stay out
+            seen.add(title)
+            yield SystemCommand(title, f"key: {self.get_key_display(binding)}",
+                                partial(self.run_action, binding.action, active.node))
+        yield from textual_commands
 
     def on_mount(self) -> None:
         self.push_screen(HomeScreen(self.runs_dir, self.config_path))

@@ -137,8 +137,30 @@ async def test_controls_on_a_finished_run_explain_instead_of_crashing(tmp_path):
     app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.2)
-        await pilot.press("s")
-        await wait_until(pilot, lambda: any("no trainer is running" in n.message for n in app._notifications), timeout=5)
+        monitor = app.screen
+        for key, what in (("s", "save"), ("x", "stop"), ("e", "extend")):
+            await pilot.press(key)
+            await wait_until(pilot, lambda: any(f"no trainer is running for this run (finished): nothing to {what}"
+                                                in n.message for n in app._notifications), timeout=5)
+            assert app.screen is monitor, f"{key}: no dialog opens for a command that cannot be sent"
+
+
+async def test_the_palette_finds_each_screens_actions_with_their_keys():
+    from textual.command import CommandPalette
+
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "demo-finished")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert {"Save now", "Stop & save", "Extend session", "Zoom", "Eval", "Export", "Back"} <= set(commands)
+        assert commands["Zoom"] == "key: z" and "Theme" in commands and "Scroll Up" not in commands
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), 5)
+        await pilot.press(*"zoom")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not isinstance(app.screen, CommandPalette), 5)
+        assert app.screen.zoom_index == 1, "the palette ran the monitor's zoom"
 
 
 def test_probe_answers_show_beside_the_curve_with_the_starting_answer(tmp_path):

@@ -373,10 +373,25 @@ class MonitorScreen(Screen):
         return True
 
     def action_save_now(self) -> None:
+        if self._no_trainer("save"):
+            return
         if self._send("save"):
             self.notify("a checkpoint will be written at the next step", title="save")
 
+    def _no_trainer(self, what: str) -> bool:
+        """True (and a notice saying why) when no trainer is alive to take a command: nothing to ask about."""
+        from engine.run.status import trainer_pid
+
+        if trainer_pid(self.history.paths.root) is not None:
+            return False
+        self.notify(f"no trainer is running for this run ({self.history.summary.status}): nothing to {what}",
+                    title=what)
+        return True
+
     def action_stop_run(self) -> None:
+        if self._no_trainer("stop"):
+            return
+
         def answered(confirmed: bool | None) -> None:
             if confirmed and self._send("stop"):
                 self.notify("the run saves its adapter and stops at the next step", title="stop")
@@ -385,14 +400,18 @@ class MonitorScreen(Screen):
                              answered)
 
     def action_extend(self) -> None:
+        if self._no_trainer("extend"):
+            return
+        if self.history.summary.deadline_at is None:
+            self.notify("this run has no session clock (session.budget): nothing to extend", title="extend")
+            return
+
         def answered(duration: str | None) -> None:
             if not duration:
                 return
             from engine.config import parse_duration
 
-            if self.history.summary.deadline_at is None:
-                self.notify("this run has no session clock", severity="error", title="extend")
-            elif self._send("extend", seconds=parse_duration(duration)):
+            if self._send("extend", seconds=parse_duration(duration)):
                 self.notify(f"session extended by {duration} at the next step", title="extend")
 
         self.app.push_screen(ExtendScreen(), answered)
