@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -403,13 +404,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     check_config(config, origin=origin if not overrides else f"{origin} with --set")
     if path is not None:
         base = Path(path).resolve().parent
-        for section, key in (("data", "path"), ("data", "eval_path"), ("eval", "format_json_schema")):
-            value = getattr(getattr(config, section), key)
-            if key == "format_json_schema" and not value.strip().endswith(".json"):
-                continue  # an inline schema, not a path
-            if value and not Path(value).is_absolute() and (base / value).exists():
+        for section, key, value in _file_fields(config):
+            if not Path(value).is_absolute() and (base / value).exists():
                 setattr(getattr(config, section), key, str((base / value).resolve()))
     return config
+
+
+FILE_FIELDS = (("data", "path"), ("data", "eval_path"), ("eval", "format_json_schema"))  # paths to files
+
+
+def _file_fields(config: RunConfig):
+    """(section, key, value) of each field that names a file and is set (an inline JSON schema is not a path)."""
+    for section, key in FILE_FIELDS:
+        value = getattr(getattr(config, section), key)
+        if not value or (key == "format_json_schema" and not value.strip().endswith(".json")):
+            continue
+        yield section, key, value
 
 
 def dumps_config(config: RunConfig) -> str:
@@ -419,11 +429,20 @@ def dumps_config(config: RunConfig) -> str:
     return tomli_w.dumps(config.to_dict())
 
 
-def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the config as TOML, atomically (temp file + rename)."""
+def save_config(config: RunConfig, path: str | Path, *, portable_paths: bool = False) -> None:
+    """Write the config as TOML, atomically (temp file + rename). With `portable_paths` (a config a person saves
+    to reuse), its file paths are written relative to the saved file's folder — where `load_config` resolves
+    them — so it loads from any working directory; a run's own config.toml keeps them as they are."""
+    import copy
+
     path = Path(path)
+    portable = copy.deepcopy(config)
+    folder = path.resolve().parent
+    for section, key, value in _file_fields(portable) if portable_paths else ():
+        if Path(value).exists():  # as the form meant it: relative to the working directory
+            setattr(getattr(portable, section), key, os.path.relpath(Path(value).resolve(), folder))
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_config(config), encoding="utf-8")
+    tmp.write_text(dumps_config(portable), encoding="utf-8")
     tmp.replace(path)
 
 

@@ -1,6 +1,8 @@
 """Home navigation, the new-run form and the compare screen, through Textual's pilot."""
 
+import os
 import time
+from pathlib import Path
 
 from textual.widgets import DataTable, Input, Static, Switch
 
@@ -72,6 +74,20 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
         assert (saved.train.learning_rate, saved.lora.r, saved.model.load_in_4bit, saved.session.budget) == \
             (1e-4, 8, True, "2h")
         assert saved.data.path.endswith("demo_train.jsonl")
+        import tomllib
+
+        written = tomllib.loads(target.read_text())["data"]
+        assert not Path(written["path"]).is_absolute() and not Path(written["eval_path"]).is_absolute(), \
+            "file paths are written relative to the saved file's folder"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    os.chdir(elsewhere)  # a config saved from the form loads from any working directory
+    try:
+        again = load_config(target)
+    finally:
+        os.chdir(here)
+    assert Path(again.data.path).is_file() and Path(again.data.eval_path).is_file()
 
 
 async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny_model_dir, tmp_path):

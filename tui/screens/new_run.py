@@ -163,7 +163,7 @@ class NewRunScreen(Screen):
         from engine.config import save_config
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        save_config(config, target)
+        save_config(config, target, portable_paths=True)
         self.notify(f"saved {target}", title="save")
         return target
 
