@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.data.readers import (Conversation, LoadedDataset, load_dataset_file, split_eval, to_conversations,
+from engine.data.readers import (Conversation, LoadedDataset, load_dataset_file, to_conversations, training_split,
                                  turn_text)
 from engine.data.tokenize import IGNORE_INDEX, TokenizedSample, tokenize_conversations
 from engine.errors import DataError
@@ -315,11 +315,12 @@ def _eos_check(tokenizer, samples: list[TokenizedSample], found: _Collector) -> 
 
 def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length: int = 1024,
                     data_format: str = "auto", eval_split: float = 0.1, seed: int = 42, system_prompt: str = "",
-                    train_on: str = "completions", progress: Callable[[str, float], None] | None = None) -> InspectReport:
+                    eval_path: str | Path = "", train_on: str = "completions", progress: Callable[[str, float], None] | None = None) -> InspectReport:
     """Load, render and tokenize a dataset as training would, and report its shape and problems.
 
     Raises DataError (one line: file, record, what to do) for unreadable files,
-    exactly like training does.
+    exactly like training does. The train / held-out counts follow training's rule (`training_split`): with
+    `eval_path` every row trains and that file's rows are held out.
     """
     say = progress or (lambda stage, fraction: None)
     started = time.monotonic()
@@ -327,7 +328,8 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
     loaded: LoadedDataset = load_dataset_file(path, data_format)
     conversations = to_conversations(loaded, system_prompt)
     numbers = [c.source.number if c.source else i + 1 for i, c in enumerate(conversations)]
-    train, held_out = split_eval(conversations, eval_split, seed)
+    train, held_out = training_split(conversations, eval_path=eval_path, data_format=data_format,
+                                     system_prompt=system_prompt, eval_split=eval_split, seed=seed)
     say("tokenizing", 0.1)
     samples: list[TokenizedSample] = []
     chunk = 2000

@@ -462,6 +462,15 @@ def to_conversations(dataset: LoadedDataset, system_prompt: str = "") -> list[Co
 
 # ---------------------------------------------------------------- held-out split
 
+def training_split(conversations: list, *, eval_path: str | Path = "", data_format: str = "auto",
+                   system_prompt: str = "", eval_split: float = 0.1, seed: int = 42) -> tuple[list, list]:
+    """(train, eval) conversations exactly as training takes them: every row trains and `eval_path`'s rows
+    evaluate when it is set, else `split_eval` holds `eval_split` of the rows out."""
+    if eval_path:
+        return conversations, to_conversations(load_dataset_file(eval_path, data_format), system_prompt)
+    return split_eval(conversations, eval_split, seed)
+
+
 def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
     """A deterministic (train, held-out) split: `fraction` of the rows, at least one when fraction > 0."""
     import random

@@ -13,7 +13,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
-from engine.data.readers import Conversation, load_dataset_file, split_eval, to_conversations, turn_text
+from engine.data.readers import Conversation, load_dataset_file, to_conversations, training_split, turn_text
 from engine.errors import DataError
 
 IGNORE_INDEX = -100
@@ -233,11 +233,9 @@ def prepare_data(data_config, tokenizer, seed: int) -> PreparedData:
         raise DataError("data.path is empty — set it in the config or with --set data.path=FILE")
     loaded = load_dataset_file(data_config.path, data_config.format)
     conversations = to_conversations(loaded, data_config.system_prompt)
-    if data_config.eval_path:
-        eval_loaded = load_dataset_file(data_config.eval_path, data_config.format)
-        train_conv, eval_conv = conversations, to_conversations(eval_loaded, data_config.system_prompt)
-    else:
-        train_conv, eval_conv = split_eval(conversations, data_config.eval_split, seed)
+    train_conv, eval_conv = training_split(conversations, eval_path=data_config.eval_path,
+                                           data_format=data_config.format, system_prompt=data_config.system_prompt,
+                                           eval_split=data_config.eval_split, seed=seed)
     train_on = "all" if loaded.format == "text" else data_config.train_on
     train = tokenize_conversations(tokenizer, train_conv, data_config.max_length, train_on)
     evaluation = tokenize_conversations(tokenizer, eval_conv, data_config.max_length, train_on)

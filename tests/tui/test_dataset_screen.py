@@ -25,7 +25,8 @@ async def test_home_d_inspects_the_configured_dataset_and_shows_the_trained_toke
         assert isinstance(screen, DatasetScreen)
         report = await wait_for_report(pilot, screen)
         assert report.format == "alpaca" and report.rows == 125
-        assert "alpaca" in str(screen.query_one("#dataset-summary", Static).render())
+        summary = str(screen.query_one("#dataset-summary", Static).render())
+        assert "alpaca" in summary and "125 train / 24 held out" in summary, "held out as training does: eval_path"
         sample = screen.sample_rich  # the Text the sample panel displays
         success = app.theme_variables["success"]
         trained = "".join(sample.plain[s.start:s.end] for s in sample.spans if success in str(s.style))

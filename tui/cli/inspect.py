@@ -39,6 +39,8 @@ def _cmd_inspect(args) -> int:
     report = inspect_dataset(args.dataset, tokenizer, model_name=model, max_length=max_length,
                              data_format=args.format,
                              eval_split=config.data.eval_split if config else 0.1,
+                             eval_path=config.data.eval_path if config else "",
+                             seed=config.train.seed if config else 42,
                              system_prompt=config.data.system_prompt if config else "")
     if args.json:
         print(json.dumps(report.to_dict()))

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # global options also work after the command
         command.add_argument("--runs-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if not any(action.dest == "config" for action in command._actions):  # `train CONFIG` names its own
+            command.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -71,11 +71,13 @@ class DatasetScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, path: str = "", model: str = "smollm2-135m-instruct", max_length: int = 1024):
+    def __init__(self, path: str = "", model: str = "smollm2-135m-instruct", max_length: int = 1024,
+                 split: dict | None = None):
         super().__init__()
         self.initial_path = path
         self.model = model
         self.max_length = max_length
+        self.split = split or {}  # eval_path / eval_split / seed / system_prompt: the held-out rule training uses
         self.report = None
         self.tokenizer = None
         self.index = 0
@@ -135,7 +137,7 @@ class DatasetScreen(Screen):
             if self.tokenizer is None:
                 self.tokenizer = load_tokenizer(self.model, progress=lambda message: None)
             report = inspect_dataset(path, self.tokenizer, model_name=self.model, max_length=self.max_length,
-                                     progress=progress)
+                                     progress=progress, **self.split)
         except LoradeckError as exc:
             self.app.call_from_thread(self.query_one("#dataset-summary", Static).update, f"[$error]{exc}[/]")
             return

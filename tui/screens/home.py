@@ -193,17 +193,23 @@ class HomeScreen(Screen):
         from engine.run.paths import recorded_data_path
         from tui.screens.dataset import DatasetScreen
 
-        try:
-            config = load_config(self.config_path)
+        run = self._cursor_run()
+        run_config = Path(run) / "config.toml" if run else None
+        try:  # the selected run's own settings, else the configured ones
+            config = load_config(run_config if run_config and run_config.is_file() else self.config_path)
         except LoradeckError:
             config = load_config(None)
-        run = self._cursor_run()
         recorded = recorded_data_path(run) if run else None
         path = str(recorded) if recorded else config.data.path
         if path and not Path(path).exists():
             path = ""
+        eval_path = recorded_data_path(run, "eval_path") if run else None
+        eval_path = str(eval_path) if eval_path else config.data.eval_path
+        split = {"eval_path": eval_path if eval_path and Path(eval_path).exists() else "",
+                 "eval_split": config.data.eval_split, "seed": config.train.seed,
+                 "system_prompt": config.data.system_prompt}
         self.app.push_screen(DatasetScreen(short_path(path) if path else "", config.model.name,
-                                           config.data.max_length))
+                                           config.data.max_length, split))
 
     def action_chat(self) -> None:
         """Chat with the selected run's adapter beside its base model (the base alone when it has none yet)."""

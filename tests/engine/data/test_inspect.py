@@ -131,9 +131,12 @@ def test_real_world_files_inspect_with_the_right_format(name, data_format, smoll
 
 def test_cli_prints_80_columns_json_and_one_line_errors(tmp_path):
     demo = SAMPLE_DATA / "demo_train.jsonl"
-    result = subprocess.run(LORADECK + ["inspect", str(demo)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    config = SAMPLE_DATA / "configs" / "demo.toml"  # --config after the command, as after any other
+    result = subprocess.run(LORADECK + ["inspect", str(demo), "--config", str(config)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "format     alpaca" in result.stdout and "◀ max_length" in result.stdout
+    assert "125 train / 24 held out" in result.stdout, "the config's eval_path holds out, as in training"
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
     result = subprocess.run(LORADECK + ["inspect", str(demo), "--json", "--max-length", "48"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
