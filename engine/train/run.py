@@ -368,6 +368,22 @@ class TrainingRun:
         self.events.emit("telemetry", step=step, **collect_telemetry())
 
 
+def schedule_change(bundle: str | Path, bundle_state: dict, max_steps: int, scheduler: str) -> str:
+    """What resuming does to the learning-rate schedule when the total number of steps changed ('' when it did
+    not): the schedule is rebuilt from where it stopped — the rate the bundle reached, then the configured shape
+    over the steps now left — instead of jumping to the new schedule's value at this step."""
+    try:
+        planned = json.loads((Path(bundle) / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
+    except (OSError, ValueError):
+        return ""
+    step = bundle_state["global_step"]
+    if not isinstance(planned, int) or planned == max_steps or step >= max_steps:
+        return ""
+    return (f"train.max_steps changed {planned} → {max_steps}: the learning rate continues from the rate the old "
+            f"schedule had reached at step {step + 1} and follows the {scheduler} shape over the "
+            f"{max_steps - step} steps left (no jump)")
+
+
 def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,
                  on_step: Callable[[dict], None] | None = None, run_class: type[TrainingRun] = TrainingRun,
                  progress: Callable[[str], None] | None = None) -> int:
@@ -561,10 +577,16 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
                             "host": os.uname().nodename}
         run.loss_tail.extend(bundle_state.get("loss_tail") or [])
+        schedule = schedule_change(resume_from, bundle_state, max_steps, config.train.lr_scheduler)
+        say(f"resumed at step {bundle_state['global_step'] + 1} (epoch {bundle_state.get('epoch') or 0:.3f}, "
+            f"{'with' if bundle_state.get('with_optimizer') else 'without'} optimizer state)")
+        if schedule:
+            trainer.loradeck_schedule_from = bundle_state["global_step"]
+            say(schedule)
         events.emit("resumed", step=bundle_state["global_step"], epoch=bundle_state.get("epoch"),
                     bundle=str(resume_from), with_optimizer=bool(bundle_state.get("with_optimizer")),
                     loss_tail=bundle_state.get("loss_tail") or [], lr=bundle_state.get("lr"),
-                    samples_consumed=bundle_state.get("samples_consumed"))
+                    samples_consumed=bundle_state.get("samples_consumed"), schedule=schedule)
         if bundle_state["global_step"] >= max_steps:
             events.emit("finished", reason="completed", step=bundle_state["global_step"],
                         message=f"nothing to do: the bundle is at step {bundle_state['global_step']} of {max_steps}")

@@ -89,14 +89,30 @@ def loradeck_trainer_class():
             import torch
 
             super()._load_optimizer_and_scheduler(checkpoint)
-            if checkpoint is None or os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
-                return
-            scheduler_file = os.path.join(checkpoint, "scheduler.pt")
-            if os.path.isfile(scheduler_file) and self.lr_scheduler is not None:
+            scheduler_file = os.path.join(checkpoint or "", "scheduler.pt")
+            if checkpoint is not None and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")) \
+                    and os.path.isfile(scheduler_file) and self.lr_scheduler is not None:
                 # Adapter-only bundle: a fresh optimizer, but the LR schedule continues where it stopped.
                 self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
                 for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
                     group["lr"] = lr
+            if checkpoint is not None and getattr(self, "loradeck_schedule_from", None) is not None:
+                self._continue_schedule(self.loradeck_schedule_from)
+
+        def _continue_schedule(self, step: int) -> None:
+            """The total steps changed since the bundle was saved: from `step` on, the configured shape (no
+            warmup) over the steps left, scaled to start at the rate the bundle reached — no jump."""
+            import torch
+            from transformers import get_scheduler
+
+            left = max(1, self.args.max_steps - step)
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            shape = get_scheduler(self.args.lr_scheduler_type, probe, num_warmup_steps=0,
+                                  num_training_steps=left).lr_lambdas[0]
+            reached = [group["lr"] for group in self.optimizer.param_groups]
+            self.lr_scheduler.lr_lambdas = [
+                (lambda current, scale=lr / base if base else 0.0: scale * shape(current - step))
+                for lr, base in zip(reached, self.lr_scheduler.base_lrs)]
 
     return LoradeckSFTTrainer
 

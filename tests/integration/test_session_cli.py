@@ -57,12 +57,16 @@ def test_session_budget_stops_in_time_and_the_copied_bundle_resumes_at_the_next_
                       "--session", "10m")
     assert result.returncode == 0, result.stderr
     assert f"resumed at step {stopped_at + 1}" in result.stdout
+    assert f"train.max_steps changed 100000 → {stopped_at + 3}" in result.stdout, "the schedule rule is printed"
     wait_for(lambda: events_of(resumed_dir, "finished"), timeout=60)
     assert [e["step"] for e in steps_logged(resumed_dir)][0] == stopped_at + 1
     assert events_of(resumed_dir, "finished")[-1]["reason"] == "completed"
     # the copy the run resumed from lives in the new run directory; the source was not touched
     assert (resumed_dir / "resumed-from" / "state.json").is_file()
     verify_checkpoint(elsewhere / "handoff")
+    again = loradeck("resume", str(resumed_dir), "--run-dir", str(tmp_path / "again"), "--foreground",
+                     "--set", f"train.max_steps={stopped_at + 4}")
+    assert again.returncode == 0 and f"resumed at step {stopped_at + 4}" in again.stdout, again.stdout
 
 
 def test_extend_moves_a_live_deadline_and_is_refused_without_a_clock(tiny_model_dir, tmp_path):

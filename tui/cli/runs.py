@@ -148,6 +148,8 @@ def _report_resume(paths, timeout_s: float = 300.0) -> int:
             if event["type"] == "resumed":
                 print(f"resumed at step {event['step'] + 1} (epoch {event.get('epoch') or 0:.3f}, "
                       f"{'with' if event.get('with_optimizer') else 'without'} optimizer state)")
+                if event.get("schedule"):
+                    print(event["schedule"])
                 return 0
             if event["type"] == "error":
                 print(f"loradeck: error: {event['message']}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The session clock's arithmetic, handoff bundles, and resume equivalence on the tiny model."""
 
 import json
+import math
 import random
 import shutil
 import time
@@ -344,3 +345,24 @@ def test_a_bundle_saved_before_length_grouping_resumes_in_its_own_shuffled_order
     older = open_bundle(bundle)
     assert older.config.train.group_by_length is False
     assert not any("group_by_length" in note for note in older.notes)
+
+
+@pytest.mark.parametrize("new_max_steps", [6, 16], ids=["shortened", "lengthened"])
+def test_a_resume_with_a_new_max_steps_continues_the_learning_rate_smoothly(tiny_model_dir, tmp_path, new_max_steps):
+    data = _demo_subset(tmp_path)
+    config = tiny_config(tiny_model_dir, *EQUIVALENCE, f"data.path={data}")
+    assert run_training(tmp_path / "part1", config, run_class=_stop_at(4)) == 0
+    first = {e["step"]: e["lr"] for e in read_events(tmp_path / "part1" / "events.jsonl") if e["type"] == "step"}
+    reached = first[4]
+    resumed = open_bundle(tmp_path / "part1" / "handoff")
+    resumed.config.train.max_steps = new_max_steps
+    assert run_training(tmp_path / "part2", resumed.config, resume_from=resumed.path) == 0
+    events = read_events(tmp_path / "part2" / "events.jsonl")
+    note = next(e for e in events if e["type"] == "resumed")["schedule"]
+    assert f"train.max_steps changed 10 → {new_max_steps}" in note and "no jump" in note
+    lrs = [e["lr"] for e in events if e["type"] == "step"]
+    left = new_max_steps - 4
+    assert len(lrs) == left
+    assert reached * 0.5 < lrs[0] <= reached, "step 5 takes the rate the old schedule had reached: no jump"
+    expected = [lrs[0] * 0.5 * (1 + math.cos(math.pi * k / left)) for k in range(left)]
+    assert lrs == pytest.approx(expected, rel=1e-6), "then the cosine shape over the steps left"
