@@ -191,12 +191,9 @@ class RunHistory:
 
     def time_left(self, now: float | None = None) -> float | None:
         """Session seconds left: live from the deadline, or as recorded for a finished run."""
-        summary = self.summary
-        if summary.deadline_at is None:
-            return None
-        if summary.status == "running":
-            return summary.deadline_at - (now or time.time())
-        return summary.time_left_s
+        from engine.run.status import session_time_left
+
+        return session_time_left(self.summary, now)
 
     def final_save_eta(self, now: float | None = None) -> float | None:
         """Seconds until the clock will stop the run and save: time left minus the engine's margin."""

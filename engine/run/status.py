@@ -132,6 +132,7 @@ class RunSummary:
     updated_at: float | None = None
     deadline_at: float | None = None
     time_left_s: float | None = None
+    ended_at: float | None = None  # the final event's time (finished or error)
     model: str | None = None
     dataset: str | None = None
     backend: str | None = None
@@ -187,12 +188,36 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
     elif kind == "warning":
         summary.warnings = summary.warnings[-(WARNINGS_KEPT - 1):] + [str(event.get("message", ""))]
     elif kind == "finished":
+        summary.ended_at = event.get("ts", summary.ended_at)
         summary.status = {"deadline": "deadline", "stopped": "stopped"}.get(event.get("reason"), "finished")
         summary.message = event.get("message", summary.message)
         summary.loss = event.get("loss", summary.loss)
     elif kind == "error":
+        summary.ended_at = event.get("ts", summary.ended_at)
         summary.status = "failed"
         summary.message = event.get("message", summary.message)
+
+
+def session_time_left(summary: RunSummary, now: float | None = None) -> float | None:
+    """Session seconds left: live from the deadline while the run goes on; for an ended run, what was left when
+    its final event was written (not a figure from an earlier deadline event). None without a session clock."""
+    if summary.deadline_at is None:
+        return None
+    if summary.status in LIVE_STATUSES:
+        return summary.deadline_at - (now or time.time())
+    if summary.ended_at is not None:
+        return summary.deadline_at - summary.ended_at
+    return summary.time_left_s
+
+
+def run_duration(summary: RunSummary, now: float | None = None) -> float | None:
+    """How long the run has trained: until now while live, until its final event once it has ended (or its last
+    event, for a lost run)."""
+    if summary.started_at is None:
+        return None
+    end = summary.ended_at if summary.ended_at is not None else (
+        (now or time.time()) if summary.status in LIVE_STATUSES else summary.updated_at)
+    return max(0.0, (end or summary.started_at) - summary.started_at)
 
 
 def settle_liveness(summary: RunSummary, pid: int | None, *, created_at: float | None = None,

@@ -314,7 +314,7 @@ def _cmd_status(args) -> int:
     import json
     import time
 
-    from engine.run.status import summarize_run
+    from engine.run.status import LIVE_STATUSES, run_duration, session_time_left, summarize_run
     from tui.format import format_duration, format_number, format_share
 
     if (Path(args.run_dir) / "state.json").is_file() and not (Path(args.run_dir) / "events.jsonl").is_file():
@@ -340,13 +340,14 @@ def _cmd_status(args) -> int:
              f"speed      {format_number(summary.tokens_per_s, 4)} tok/s   padding {format_share(summary.padding)}   "
              f"MFU {format_share(summary.mfu)}",
              f"saved      {summary.checkpoints} checkpoints; last {summary.last_checkpoint or '—'}"]
+    live = summary.status in LIVE_STATUSES
     if summary.deadline_at:
-        left = summary.deadline_at - time.time() if summary.status == "running" else summary.time_left_s
-        lines.append(f"session    {format_duration(left)} left")
+        lines.append(f"session    {format_duration(session_time_left(summary))} left"
+                     + ("" if live else " when it ended"))
     if summary.handoff:
         lines.append(f"handoff    {summary.handoff}")
     if summary.started_at:
-        lines.append(f"running    {format_duration((summary.updated_at or time.time()) - summary.started_at)} "
+        lines.append(f"{'running' if live else 'ran':<11}{format_duration(run_duration(summary))} "
                      f"(last event {format_duration(time.time() - (summary.updated_at or time.time()))} ago)")
     if summary.message:
         lines.append(f"message    {summary.message}")

@@ -11,7 +11,7 @@ import pytest
 from engine.data.prompts import held_out_prompts
 from engine.run.history import RunHistory
 from engine.run.paths import recorded_data_path, run_data_path
-from engine.run.status import STARTUP_GRACE_S, summarize_run
+from engine.run.status import STARTUP_GRACE_S, run_duration, session_time_left, summarize_run
 
 
 def write_run(run_dir, events, pid=None, config="[model]\nname = \"tiny\"\n"):
@@ -70,6 +70,27 @@ def test_a_finished_run_without_a_trainer_stays_finished(tmp_path):
     history = RunHistory(run)
     history.poll()
     assert summarize_run(run).status == history.summary.status == "finished"
+
+
+def test_an_ended_run_reports_its_final_numbers_not_an_earlier_deadline_events(tmp_path):
+    start = 1_000_000.0
+    events = [{"type": "started", "pid": 1, "ts": start},
+              {"type": "deadline", "deadline_at": start + 300, "time_left_s": 173, "ts": start + 127},
+              {"type": "step", "step": 9, "loss": 1.0, "ts": start + 140},
+              {"type": "finished", "reason": "completed", "step": 9, "ts": start + 149}]
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "config.toml").write_text("[model]\nname = \"tiny\"\n")
+    (run / "events.jsonl").write_text("".join(json.dumps({"v": 1, **e}) + "\n" for e in events))
+    history = RunHistory(run)
+    history.poll()
+    for summary in (summarize_run(run), history.summary):
+        assert session_time_left(summary, now=start + 5000) == 151, "2m31s left when it finished, not 2m53s"
+        assert run_duration(summary, now=start + 5000) == 149, "it ran until its final event"
+    assert history.time_left(start + 5000) == 151
+    status = subprocess.run([sys.executable, "-m", "tui.cli", "status", str(run)], capture_output=True, text=True)
+    assert "session    2m31s left when it ended" in status.stdout and "ran        2m29s" in status.stdout, \
+        status.stdout
 
 
 @pytest.fixture
