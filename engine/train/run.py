@@ -8,6 +8,7 @@ timings, saving, probes) and the hooks the session clock overrides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -463,6 +464,8 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
         events.close()
         keeper.flush()
         run.reserve.release()
+        with contextlib.suppress(OSError):  # the Trainer's output folder: ours saves elsewhere, so usually empty
+            (paths.root / "trainer").rmdir()
         try:
             if paths.pid_file.read_text().strip() == str(os.getpid()):
                 paths.pid_file.unlink()

@@ -153,3 +153,19 @@ def test_sigkill_during_saves_keeps_the_previous_bundle_loadable(tiny_model_dir,
         monitor.poll()
         home.poll()
         assert summarize_run(run_dir).status == monitor.summary.status == home.summary.status == "lost"
+
+
+def test_a_resumed_run_is_named_after_the_run_its_bundle_came_from(tmp_path):
+    from tui.cli.runs import _source_name
+
+    run = tmp_path / "runs" / "20261124-101010-my-run"
+    (run / "handoff").mkdir(parents=True)
+    (run / "events.jsonl").write_text("")
+    (run / "config.toml").write_text("")
+    assert _source_name(run / "handoff", "data/demo_train.jsonl") == "my-run"
+    assert _source_name(run, "data/demo_train.jsonl") == "my-run"
+    loose = tmp_path / "kaggle-bundle"
+    loose.mkdir()
+    assert _source_name(loose, "data/demo_train.jsonl") == "kaggle-bundle"
+    (tmp_path / "x" / "handoff").mkdir(parents=True)
+    assert _source_name(tmp_path / "x" / "handoff", "data/demo_train.jsonl") == "demo_train"

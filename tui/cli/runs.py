@@ -187,6 +187,20 @@ def _cmd_train(args) -> int:
     return _start_training(args, config, prepare_run_dir(run_dir, config))
 
 
+def _source_name(bundle_path: Path, data_path: str) -> str:
+    """What a resumed run is named after: the run the bundle came from (without its time stamp), else the
+    bundle's own folder, else the data file."""
+    import re
+
+    from engine.models.adapters import run_dir_of
+
+    source = run_dir_of(bundle_path)
+    folder = Path(bundle_path).resolve()
+    name = source.name if source is not None else folder.name if folder.name not in ("handoff", "adapter") else ""
+    name = re.sub(r"^\d{8}-\d{6}-", "", name)
+    return name or Path(data_path).stem or "run"
+
+
 def _cmd_resume(args) -> int:
     from engine.config import save_config
     from engine.train.handoff import open_bundle
@@ -200,7 +214,7 @@ def _cmd_resume(args) -> int:
     _say_session(check_session(bundle.config.session))
     for note in bundle.notes:
         print(f"note: {note}", file=sys.stderr)
-    label = f"{Path(bundle.config.data.path).stem or 'run'}-from-step-{bundle.state['global_step']}"
+    label = f"{_source_name(bundle.path, bundle.config.data.path)}-from-step-{bundle.state['global_step']}"
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, label)
     paths = prepare_run_dir(run_dir, bundle.config)
     # The run resumes from its own copy, so the source bundle is never touched and may be deleted later;

@@ -41,6 +41,7 @@ def test_run_writes_events_checkpoints_and_a_plain_peft_adapter(tiny_model_dir, 
     assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
     assert read_state(run_dir / "checkpoints" / "step-000002")["global_step"] == 2
     assert not (run_dir / "trainer.pid").exists()
+    assert not (run_dir / "trainer").exists(), "no empty folder left behind by the Trainer"
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     reference = {k: v.clone() for k, v in base.state_dict().items()}
