@@ -32,6 +32,8 @@ PLACEHOLDER = re.compile(r"\{\{\s*[^{}\n]{1,40}?\s*\}\}|\[\[\s*[A-Z_ ]{2,30}\s*\
                          re.IGNORECASE)
 HTML_JUNK = re.compile(r"</?(?:div|span|p|br|a|img|table|tr|td|th|ul|li|html|body|script|style|font|b|i)\b[^>]*>"
                        r"|&(?:nbsp|amp|lt|gt|quot|#\d{2,5});", re.IGNORECASE)
+ASKS_FOR_MARKUP = re.compile(r"\bhtml\b|\bmarkup\b|\bweb ?page\b|\bwebsite\b|\bxml\b", re.IGNORECASE)
+CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.S)  # fenced blocks (closed or cut off) and inline code
 ENDS_CLEANLY = re.compile(r"""[.!?。！？…:;)\]}"'`*>\-]\s*$|```\s*$|\d\s*$""")
 
 
@@ -45,9 +47,11 @@ class Finding:
     count: int
     rows: list[int]  # every affected record number (1-based, as in error messages)
     advice: str
+    repeats: dict[int, int] = field(default_factory=dict)  # duplicates: row -> the earlier record it repeats
 
     def examples(self, limit: int = EXAMPLES) -> str:
-        shown = ", ".join(map(str, self.rows[:limit]))
+        shown = ", ".join(f"{row} (= {self.repeats[row]})" if row in self.repeats else str(row)
+                          for row in self.rows[:limit])
         return shown + (f", … (+{len(self.rows) - limit})" if len(self.rows) > limit else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,14 +92,25 @@ class InspectReport:
         return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p95": pick(0.95), "p99": pick(0.99),
                 "max": ordered[-1]}
 
+    def histogram_top(self) -> int:
+        """Where the histogram ends: the 99th percentile or max_length, whichever is longer, so the cut is always
+        on the chart and one huge row cannot squeeze every other into the first bar."""
+        return max(self.percentiles().get("p99", 0), self.max_length) if self.lengths else self.max_length
+
     def histogram(self, bins: int = 16) -> list[tuple[int, int, int]]:
-        """(low, high, count) buckets over 0..max(longest, max_length), so the cut is always on the chart."""
+        """(low, high, count) buckets over 0..`histogram_top`; longer rows are `outliers`, counted apart."""
         if not self.lengths:
             return []
-        top = max(max(self.lengths), self.max_length)
+        top = self.histogram_top()
         width = max(1, -(-top // bins))
-        counts = Counter(min(length // width, bins - 1) for length in self.lengths)
+        counts = Counter(min(length // width, bins - 1) for length in self.lengths if length <= top)
         return [(i * width, (i + 1) * width, counts.get(i, 0)) for i in range(bins)]
+
+    def outliers(self) -> tuple[int, int]:
+        """(how many rows are longer than the histogram shows, the longest)."""
+        top = self.histogram_top()
+        longer = [length for length in self.lengths if length > top]
+        return len(longer), max(longer, default=0)
 
     def worst(self) -> str:
         """The most severe finding level present ("ok" when none)."""
@@ -110,6 +125,7 @@ class InspectReport:
         data["findings"] = [f.to_dict() for f in self.findings]
         data["percentiles"] = self.percentiles()
         data["histogram"] = self.histogram()
+        data["histogram_outliers"], data["longest"] = self.outliers()
         data["verdict"] = self.worst()
         return data
 
@@ -166,9 +182,12 @@ def _all_text(conversation: Conversation) -> str:
 class _Collector:
     def __init__(self):
         self.rows: dict[str, list[int]] = defaultdict(list)
+        self.repeats: dict[str, dict[int, int]] = defaultdict(dict)
 
-    def add(self, code: str, row: int) -> None:
+    def add(self, code: str, row: int, repeats: int | None = None) -> None:
         self.rows[code].append(row)
+        if repeats is not None:
+            self.repeats[code][row] = repeats
 
 
 FINDING_TEXT = {
@@ -227,7 +246,8 @@ def _check_conversation(number: int, conversation: Conversation, text: str, foun
         found.add("mid_sentence", number)
     if PLACEHOLDER.search(text):
         found.add("placeholder", number)
-    if HTML_JUNK.search(text):
+    # markup inside code, or asked for by the prompt, is an answer about HTML, not leftover junk
+    if HTML_JUNK.search(CODE.sub(" ", text)) and not ASKS_FOR_MARKUP.search(_prompt(conversation)):
         found.add("html", number)
 
 
@@ -240,12 +260,12 @@ def _duplicates(numbers: list[int], conversations: list[Conversation], texts: li
         whole = json.dumps(conversation.messages, ensure_ascii=False, sort_keys=True) \
             if conversation.messages is not None else conversation.text or ""
         if whole in exact:
-            found.add("duplicate", number)
+            found.add("duplicate", number, exact[whole])
             continue
         exact[whole] = number
         normalized = _normalize(text)
         if normalized and normalized in near:
-            found.add("near_duplicate", number)
+            found.add("near_duplicate", number, near[normalized])
         near.setdefault(normalized, number)
         answers = _answers(conversation)
         if conversation.messages is not None and answers and len(answers[-1].split()) >= 3:
@@ -367,7 +387,7 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
         if rows:
             if code == "mixed_script":
                 title = f"{title} (most are {main_script})"
-            report.findings.append(Finding(code, severity, title, len(rows), rows, advice))
+            report.findings.append(Finding(code, severity, title, len(rows), rows, advice, dict(found.repeats[code])))
     report.findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.count))
     report.seconds = round(time.monotonic() - started, 3)
     say("done", 1.0)

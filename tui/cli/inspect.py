@@ -76,6 +76,9 @@ def format_inspect_report(report, width: int = 80) -> list[str]:
         cut = "  ◀ max_length" if low < report.max_length <= high else ""
         bar = "█" * max(1 if count else 0, round(count / peak * bar_room))
         lines.append(f"  {low:>6,}–{high:<6,} {count:>7,} {bar}{cut}"[:width + len(cut)])
+    longer, longest = report.outliers()
+    if longer:
+        lines.append(f"  {longer:,} longer row{'s' if longer != 1 else ''} not drawn (up to {longest:,} tokens)")
     for note in report.notes:
         lines += textwrap.wrap(f"note: {note}", width)
     counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("error", "warning", "info")}

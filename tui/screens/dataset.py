@@ -176,7 +176,9 @@ class DatasetScreen(Screen):
         ticks = [x for x, _ in filled] + [self.report.max_length]
         plt.xticks(ticks, [f"{int(x)}" for x in ticks[:-1]] + [f"max {self.report.max_length}"])
         plt.vline(self.report.max_length, color=theme_rgb(colours.get("error")))
-        plt.xlabel("tokens after the chat template")
+        longer, longest = self.report.outliers()
+        plt.xlabel("tokens after the chat template"
+                   + (f" · {longer} longer not drawn (up to {longest:,})" if longer else ""))
         plot.refresh()
 
     def show_sample(self) -> None:

@@ -49,7 +49,7 @@ CASES = {
     "empty_answer": [{"instruction": "Say nothing.", "output": "   "}],
     "short_answer": [{"instruction": "Is water wet? Answer y or n.", "output": "y"}],
     "placeholder": [{"instruction": "Who are you?", "output": "I am {{name}}, made by {{author}}."}],
-    "html": [{"instruction": "Describe HTML.", "output": "It is a <div>markup</div> language&nbsp;for pages."}],
+    "html": [{"instruction": "Describe a sunny day.", "output": "It is a <div>bright</div> day&nbsp;outside."}],
     "mid_sentence": [{"instruction": "Tell me about rivers.",
                       "output": "Rivers carry water from the mountains down to the sea and shape the land as"}],
     "mixed_script": [{"instruction": "Переведи слово кошка.", "output": "Кошка по-английски будет cat. Это животное."}],
@@ -63,6 +63,30 @@ def test_each_finding_fires_on_its_rows_only(code, smollm_tokenizer, tmp_path):
     assert code in found, f"{code} not reported: {found}"
     assert 6 in found[code]
     assert not any(r in found[code] for r in range(1, 6)) or code in ("duplicate_answer", "near_duplicate"), found
+
+
+def test_html_inside_code_is_an_answer_not_junk_and_duplicates_name_what_they_repeat(smollm_tokenizer, tmp_path):
+    code_answers = [
+        {"instruction": "Write a minimal HTML page.", "output": "Here it is:\n```html\n<html><body><p>Hi</p></body>"
+                                                                  "</html>\n```\nSave it as index.html."},
+        {"instruction": "Which tag makes a line break?", "output": "Use the `<br>` tag inside a paragraph."},
+        {"instruction": "Make an HTML table of two names.", "output": "<table><tr><td>Ann</td><td>Bo</td></tr></table>"},
+    ]
+    report = run(write(tmp_path, CLEAN + code_answers + [CLEAN[2]]), smollm_tokenizer)
+    found = {f.code: f for f in report.findings}
+    assert "html" not in found, found.get("html")
+    assert found["duplicate"].rows == [9] and found["duplicate"].repeats == {9: 3}
+    assert found["duplicate"].examples() == "9 (= 3)", "which record it repeats"
+
+
+def test_the_histogram_stops_at_p99_and_counts_the_longer_rows(smollm_tokenizer, tmp_path):
+    rows = [dict(CLEAN[i % 5], instruction=f"{CLEAN[i % 5]['instruction']} ({i})") for i in range(199)]
+    rows.append({"instruction": "Summarise: " + "word " * 2000, "output": "A short summary."})
+    report = run(write(tmp_path, rows), smollm_tokenizer, max_length=64)
+    buckets = report.histogram()
+    assert buckets[-1][1] < 200 and sum(count for _, _, count in buckets) == 199, "one huge row is not a bar"
+    longer, longest = report.outliers()
+    assert longer == 1 and longest > 2000
 
 
 def test_truncation_and_untrained_samples_are_counted_with_their_rows(smollm_tokenizer, tmp_path):
