@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from engine.config import format_duration  # noqa: F401  (one formatter for engine messages and screens)
 
 
@@ -63,3 +65,23 @@ def one_line(text: str, width: int) -> str:
     """`text` on one line (runs of whitespace, newlines included, become one space), cut to `width` with '…'."""
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+RUN_STAMP = re.compile(r"^(\d{8})-(\d{6})-")
+
+
+def run_labels(run_ids: list[str], width: int = 20) -> list[str]:
+    """Short, distinct names for runs shown side by side: the time stamp dropped (`20261124-233012-my-run` →
+    `my-run`), kept as HHMMSS where two names would otherwise be the same, and a long name shortened in the
+    middle so both its start and its end survive."""
+    bare = [RUN_STAMP.sub("", run_id) or run_id for run_id in run_ids]
+    labels = []
+    for run_id, name in zip(run_ids, bare):
+        stamp = RUN_STAMP.match(run_id)
+        if bare.count(name) > 1 and stamp:
+            name = f"{stamp.group(2)}-{name}"
+        if len(name) > width:
+            keep = width - 1
+            name = name[:(keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
+        labels.append(name)
+    return labels

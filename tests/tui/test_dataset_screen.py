@@ -48,7 +48,7 @@ async def test_findings_jump_to_their_rows_and_bad_files_are_one_line(default_mo
         screen = app.screen
         report = await wait_for_report(pilot, screen)
         table = screen.query_one("#dataset-findings", DataTable)
-        titles = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+        titles = [str(table.get_row_at(i)[2]) for i in range(table.row_count)]
         assert any("placeholders" in t for t in titles)
         table.focus()
         table.move_cursor(row=titles.index(next(t for t in titles if "placeholders" in t)))

@@ -151,3 +151,13 @@ async def test_starting_a_run_where_no_run_directory_can_be_made_is_a_notice_not
                 break
         assert any("cannot create the run directory" in m and "--runs-dir" in m for m in messages), messages
         assert isinstance(app.screen, NewRunScreen), "the form stays open to fix and retry"
+
+
+def test_run_labels_keep_the_name_drop_the_stamp_and_stay_distinct():
+    from tui.format import run_labels
+
+    assert run_labels(["20261124-233012-my-run", "20261125-101500-other"]) == ["my-run", "other"]
+    assert run_labels(["20261124-233012-demo", "20261125-101500-demo"]) == ["233012-demo", "101500-demo"]
+    long_name = "20261124-233012-qwen2-7b-instruct-lora-r64-alpaca-cleaned"
+    label = run_labels([long_name], 20)[0]
+    assert len(label) == 20 and label.startswith("qwen2-7b") and label.endswith("cleaned") and "…" in label

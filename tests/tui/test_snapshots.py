@@ -149,3 +149,23 @@ def test_export_dialog_snapshot(snap_compare):
         pilot.app.push_screen(ExportScreen(RUNS / "demo-evaluated"))
         await settle(pilot)
     assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(110, 30), run_before=open_export)
+
+
+def test_the_stop_question_wraps_at_80x24(snap_compare):
+    from tui.screens.monitor import ConfirmScreen
+
+    async def open_dialog(pilot):
+        pilot.app.push_screen(ConfirmScreen("Stop 20261124-233012-a-rather-long-run-name? The adapter is saved "
+                                            "first."))
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(80, 24), run_before=open_dialog)
+
+
+def test_the_prompt_set_question_wraps_at_80x24(snap_compare):
+    from tui.screens.chat import PathScreen
+
+    async def open_dialog(pilot):
+        pilot.app.push_screen(PathScreen("Prompt set: a file (.txt one per line, or a dataset) or a run directory "
+                                         "(its held-out rows)", "prompts.txt"))
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(80, 24), run_before=open_dialog)

@@ -105,6 +105,7 @@ class PathScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Label(self.question)
             yield Input(value=self.value, placeholder=self.placeholder, id="path-input")
+            yield Label("enter opens it · esc cancels", classes="dialog-hint")
 
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:

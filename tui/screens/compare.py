@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import theme_rgb
+from tui.format import run_labels, theme_rgb
 
 LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")
 
@@ -71,8 +71,8 @@ class CompareScreen(Screen):
             self.catch_up_timer = self.set_interval(0.5, self._catch_up)
         table = self.query_one("#config-diff", DataTable)
         table.add_column("key")
-        for history in self.histories:
-            table.add_column(history.summary.run_id[-24:])
+        for label in run_labels([h.summary.run_id for h in self.histories], 24):
+            table.add_column(label)
         differences = config_differences(self.run_dirs)
         for key, values in differences:
             table.add_row(key, *(str(v) for v in values))
@@ -92,9 +92,10 @@ class CompareScreen(Screen):
         plot = self.query_one("#compare-plot", PlotextPlot)
         plt = plot.plt
         plt.clear_data()
+        labels = run_labels([h.summary.run_id for h in self.histories])
         for index, history in enumerate(self.histories):
             colour = theme_rgb(self.app.theme_variables.get(LINE_VARIABLES[index % len(LINE_VARIABLES)]))
-            name = history.summary.run_id[-20:]
+            name = labels[index]
             if len(history.loss):
                 plt.plot(history.loss.steps, history.loss.values, label=name, marker="braille", color=colour)
             if len(history.eval_loss):

@@ -109,7 +109,7 @@ class DatasetScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#dataset-findings", DataTable)
-        for column in ("severity", "finding", "rows"):
+        for column in ("severity", "rows", "finding"):  # counts before the long titles: never pushed off-screen
             table.add_column(column, key=column)
         if self.initial_path:
             self.start(self.initial_path)
@@ -155,9 +155,9 @@ class DatasetScreen(Screen):
         colours = self.app.theme_variables
         for index, finding in enumerate(report.findings):
             table.add_row(Text(finding.severity, style=colours.get(SEVERITY_VARIABLE[finding.severity], "")),
-                          f"{finding.title}", f"{finding.count:,}", key=str(index))
+                          Text(f"{finding.count:,}", justify="right"), f"{finding.title}", key=str(index))
         if not report.findings:
-            table.add_row("ok", "no findings: the data looks clean", "", key="none")
+            table.add_row("ok", "", "no findings: the data looks clean", key="none")
         self.index = 0
         self.show_sample()
         table.focus()  # the path input would swallow the browsing keys

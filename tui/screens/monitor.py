@@ -63,6 +63,7 @@ class ExtendScreen(ModalScreen[str | None]):
             yield Label("Extend the session by (e.g. 30m, 1h30m):")
             yield Input(placeholder="30m", id="extend-input")
             yield Label("", id="extend-error", classes="field-error")
+            yield Label("enter extends · esc cancels", classes="dialog-hint")
 
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
