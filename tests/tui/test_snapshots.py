@@ -169,3 +169,24 @@ def test_the_prompt_set_question_wraps_at_80x24(snap_compare):
                                          "(its held-out rows)", "prompts.txt"))
         await settle(pilot)
     assert snap_compare(LoradeckApp(runs_dir=RUNS), terminal_size=(80, 24), run_before=open_dialog)
+
+
+@pytest.mark.parametrize("screen", ["home", "new-run", "compare", "eval", "export"])
+def test_every_screen_is_laid_out_for_80x24(snap_compare, screen):
+    """At 80×24 the first things stay on screen: Home's run columns (the side panels step aside), the form's
+    fields, the compare curve, the eval table, the export choices."""
+    from tui.screens.evaluation import EvalScreen
+    from tui.screens.export import ExportScreen
+
+    async def open_screen(pilot):
+        await settle(pilot)
+        if screen == "new-run":
+            await pilot.press("n")
+        elif screen == "compare":
+            await pilot.press("down", "space", "down", "space", "c")
+        elif screen == "eval":
+            pilot.app.push_screen(EvalScreen(RUNS / "demo-evaluated"))
+        elif screen == "export":
+            pilot.app.push_screen(ExportScreen(RUNS / "demo-evaluated"))
+        await settle(pilot)
+    assert snap_compare(LoradeckApp(runs_dir=RUNS, config_path=DEMO), terminal_size=(80, 24), run_before=open_screen)

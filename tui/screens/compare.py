@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import run_labels, theme_rgb
+from tui.format import one_line, run_labels, theme_rgb
 
 LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")
 
@@ -75,7 +75,7 @@ class CompareScreen(Screen):
             table.add_column(label)
         differences = config_differences(self.run_dirs)
         for key, values in differences:
-            table.add_row(key, *(str(v) for v in values))
+            table.add_row(key, *(one_line(str(v), 28) for v in values))  # a long list must not hide the next run
         if not differences:
             table.add_row("(identical configs)", *("" for _ in self.histories))
 

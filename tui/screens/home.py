@@ -58,6 +58,15 @@ class HomeScreen(Screen):
                 yield report
         yield Footer()
 
+    NARROW = 100  # below this many columns the runs table takes the whole width
+
+    def on_resize(self, event) -> None:
+        """On a small terminal (80×24) the runs table comes first: the side panels step aside and the footer
+        packs its keys closer."""
+        narrow = event.size.width < self.NARROW
+        self.query_one("#side-panel").display = not narrow
+        self.query_one(Footer).compact = narrow
+
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
         for column in RUN_COLUMNS:

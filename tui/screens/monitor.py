@@ -213,6 +213,7 @@ class MonitorScreen(Screen):
         Binding("x", "stop_run", "Stop & save"),
         Binding("e", "extend", "Extend session"),
         Binding("z", "zoom", "Zoom"),
+        Binding("p", "toggle_probes", "Probes"),
         Binding("v", "eval_report", "Eval"),
         Binding("o", "export_run", "Export"),
         Binding("escape", "back", "Back"),
@@ -320,9 +321,29 @@ class MonitorScreen(Screen):
         for name in ("none", "ok", "amber", "red"):
             panel.set_class(name == state, f"session-{name}")
 
+    SMALL_HEIGHT = 32  # below this many rows the loss curve keeps its room: probes fold away (p shows them)
+
+    def on_resize(self, event) -> None:
+        """On a short terminal (80×24) the curve, the loss/lr line and the events come first."""
+        self.small = event.size.height < self.SMALL_HEIGHT
+        self.set_class(self.small, "-small")
+        self._update_probes()
+
+    def action_toggle_probes(self) -> None:
+        """Show or fold the probes panel (folded by default on a short terminal)."""
+        if self.history.latest_samples is None:
+            self.notify("this run has no probes (set [probe] prompts in the config)", title="probes")
+            return
+        self.probes_wanted = not self._probes_shown()
+        self._update_probes()
+
+    def _probes_shown(self) -> bool:
+        wanted = getattr(self, "probes_wanted", None)
+        return wanted if wanted is not None else not getattr(self, "small", False)
+
     def _update_probes(self) -> None:
         panel = self.query_one("#probe-panel", Static)
-        panel.display = self.history.latest_samples is not None
+        panel.display = self.history.latest_samples is not None and self._probes_shown()
         if panel.display:
             panel.border_title = f"probes · step {self.history.latest_samples.get('step')}"
             self._show("#probe-panel", probe_text(self.history))
