@@ -239,3 +239,20 @@ async def test_an_eval_report_event_is_logged_with_its_headline_and_v_opens_it(t
         await pilot.press("v")
         await pilot.pause(0.2)
         assert isinstance(app.screen, EvalScreen) and app.screen.report["folder"] == str(folder)
+
+
+async def test_a_resumed_run_draws_the_losses_that_travelled_in_its_bundle(tmp_path):
+    run_dir = tmp_path / "runs" / "resumed"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text("[model]\nname = \"tiny\"\n")
+    now = time.time()
+    events = [{"type": "started", "pid": 1, "max_steps": 30},
+              {"type": "resumed", "step": 20, "loss_tail": [[s, 3.0 - s * 0.1] for s in range(1, 21)]},
+              *({"type": "step", "step": s, "loss": 1.0 - s * 0.01, "lr": 1e-4} for s in range(21, 31)),
+              {"type": "finished", "reason": "completed", "step": 30}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps({"v": 1, "ts": now, **e}) + "\n" for e in events))
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.5)
+        screen = app.export_screenshot().replace("&#160;", " ")
+        assert "before resume" in screen and "train" in screen, "the earlier losses are on the curve, dimmed"

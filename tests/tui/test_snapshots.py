@@ -28,6 +28,11 @@ def utc_clock(monkeypatch):
 
 async def settle(pilot):
     await pilot.pause(0.5)
+    from textual.widgets import Input
+
+    for field in pilot.app.screen.query(Input):  # a blinking cursor differs from run to run
+        field.cursor_blink = False
+    await pilot.pause(0.05)
 
 
 def test_home_snapshot(snap_compare):

@@ -369,6 +369,11 @@ class MonitorScreen(Screen):
         first_step = loss.steps[-zoom] if zoom and len(loss) > zoom else None
         # plotext is pure Python: a long run is drawn from bucket means, a few points per column.
         limit = max(400, plot_widget.size.width * 2)
+        earlier = self.history.loss_tail_before_resume  # the losses that travelled in the bundle, dimmed
+        before_x, before_y = earlier.downsampled(limit, first_step) if len(earlier) else ([], [])
+        if before_x:
+            plt.plot(before_x, before_y, label="before resume", marker="braille",
+                     color=theme_rgb(colours.get("foreground-darken-3") or colours.get("secondary")))
         xs, ys = loss.downsampled(limit, first_step)
         if xs:
             plt.plot(xs, ys, label="train", marker="braille", color=theme_rgb(colours.get("primary")))
