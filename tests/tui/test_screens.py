@@ -106,12 +106,15 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
             screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
             await pilot.pause(0.1)
             await pilot.press("f2")
-            for _ in range(100):
+            seen = []
+            for _ in range(300):
                 await pilot.pause(0.1)
                 verdict = str(screen.query_one("#preflight-panel", Static).render())
-                if "FITS" in verdict or "TIGHT" in verdict or "WON'T" in verdict:
+                seen.append(verdict)
+                if "(measured)" in verdict:
                     break
-            assert "FITS" in verdict, verdict
+            assert "FITS" in verdict and "GB (measured)" in verdict, verdict
+            assert any("(estimate; measuring one real step…)" in text for text in seen), "the estimate shows first"
             await pilot.press("f5")
             for _ in range(200):
                 await pilot.pause(0.1)

@@ -179,14 +179,20 @@ class NewRunScreen(Screen):
     def _run_preflight(self, config: RunConfig) -> None:
         from engine.train.preflight import run_preflight
 
-        try:
-            report = run_preflight(config, measure=False)
+        def shown(report, label: str) -> str:
             colour = {"fits": "$success", "tight": "$warning"}.get(report.verdict, "$error")
-            text = "\n".join([f"[{colour}][b]{report.verdict.upper()}[/b][/]", *report.reasons,
+            return "\n".join([f"[{colour}][b]{report.verdict.upper()}[/b][/] ({label})", *report.reasons,
                               *(f"try: {s}" for s in report.suggestions)])
+
+        panel = self.query_one("#preflight-panel", Static)
+        try:  # the estimate at once, then one real step measured — the figure to trust, and the CLI's
+            estimate = run_preflight(config, measure=False)
+            self.app.call_from_thread(panel.update, shown(estimate, "estimate; measuring one real step…"))
+            measured = run_preflight(config, measure=True)
+            text = shown(measured, "measured")
         except LoradeckError as exc:
             text = f"[$error]{exc}[/]"
-        self.app.call_from_thread(self.query_one("#preflight-panel", Static).update, text)
+        self.app.call_from_thread(panel.update, text)
 
     def action_start_run(self) -> None:
         config = self._show_status()
