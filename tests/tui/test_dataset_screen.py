@@ -64,3 +64,20 @@ async def test_findings_jump_to_their_rows_and_bad_files_are_one_line(default_mo
                 break
         assert "bad.jsonl:1: invalid JSON" in str(screen.query_one("#dataset-summary", Static).render())
         assert report.rows == 7
+
+
+async def test_max_length_on_the_screen_reinspects_with_the_new_cut(default_model_dir, tmp_path):
+    from textual.widgets import Input
+
+    app = LoradeckApp(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = DatasetScreen(str(SAMPLE_DATA / "demo_train.jsonl"), "smollm2-135m-instruct", 1024)
+        app.push_screen(screen)
+        first = await wait_for_report(pilot, screen)
+        assert first.max_length == 1024 and not first.truncated_rows
+        field = screen.query_one("#dataset-max-length", Input)
+        field.value = "48"
+        screen.report = None
+        await field.action_submit()
+        report = await wait_for_report(pilot, screen)
+        assert report.max_length == 48 and report.truncated_rows, "the new cut truncates the longer rows"

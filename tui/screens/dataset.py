@@ -90,6 +90,8 @@ class DatasetScreen(Screen):
         with Horizontal(id="dataset-bar"):
             yield Input(self.initial_path, placeholder="path to a .json/.jsonl/.csv/.parquet file (Enter inspects)",
                         suggester=PathSuggester(), id="dataset-path")
+            yield Input(str(self.max_length), placeholder="max_length", type="integer", id="dataset-max-length",
+                        tooltip="data.max_length: tokens kept per sample (Enter re-inspects)")
         yield ProgressBar(total=100, show_eta=False, id="dataset-progress")
         with Horizontal(id="dataset-body"):
             with Vertical(id="dataset-left"):
@@ -118,6 +120,21 @@ class DatasetScreen(Screen):
     def submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
             self.start(event.value.strip())
+
+    @on(Input.Submitted, "#dataset-max-length")
+    def max_length_submitted(self, event: Input.Submitted) -> None:
+        """A new max_length: the same file inspected again, truncation and histogram cut moved."""
+        try:
+            value = int(event.value)
+        except ValueError:
+            value = 0
+        if not 16 <= value <= 1_048_576:
+            self.notify("max_length is a whole number of tokens, 16 or more", title="dataset", severity="warning")
+            return
+        self.max_length = value
+        path = self.query_one("#dataset-path", Input).value.strip()
+        if path:
+            self.start(path)
 
     def start(self, path: str) -> None:
         self.query_one("#dataset-summary", Static).update(f"inspecting {short_path(path)}…")
