@@ -91,10 +91,34 @@ def test_home_then_attach_then_quit_in_a_real_terminal(runs):
         tmux.close()
 
 
+def test_at_80x24_home_shows_the_run_columns_and_the_monitor_its_curve_and_palette(runs):
+    tmux = Tmux(f"{loradeck_command()} --runs-dir {runs}", width=80, height=24)
+    try:
+        tmux.wait_for("Runs", "demo-finished", "status", "step", "loss", "eval", "time left")
+        assert "New run starts from" not in tmux.screen(), "the side panels step aside for the table"
+        time.sleep(1.0)
+        for _ in range(3):
+            tmux.keys("Down")
+            time.sleep(0.3)
+        tmux.keys("Enter")
+        tmux.wait_for("demo-finished", "loss · all steps", "events", "lr ")
+        tmux.keys("C-p")
+        tmux.wait_for("Search")
+        tmux.keys("zoom")
+        tmux.wait_for("Zoom", "key: z")
+        tmux.keys("Enter")
+        tmux.wait_for("loss · last 50 steps")
+        tmux.keys("q")
+        time.sleep(1.0)
+        assert "events" not in tmux.screen(), "q quits the TUI"
+    finally:
+        tmux.close()
+
+
 def test_attach_command_opens_the_monitor_with_history_and_q_quits(runs):
     tmux = Tmux(f"{loradeck_command()} attach {runs / 't4-session'}", width=110, height=34)
     try:
-        tmux.wait_for("t4-session", "step 24/30", "GPU0 Tesla T4", "ended with 2m43s left")
+        tmux.wait_for("t4-session", "step 24/30", "GPU0 Tesla T4", "ended with 2m42s left")
         tmux.keys("q")
         time.sleep(1.0)
         assert "GPU0" not in tmux.screen()
