@@ -44,7 +44,9 @@ async def test_export_from_home_streams_stages_and_shows_the_checks(small_run, t
         await wait_until(pilot, lambda: seen_stages.add(screen.stage) or screen.result is not None or
                          "failed" in str(screen.query_one("#export-stage", Static).render()), timeout=300)
         assert screen.result is not None, str(screen.query_one("#export-stage", Static).render())
-        assert {"merge", "check merged", "gguf f16", "check f16"} <= seen_stages
+        assert {"✓ merge", "✓ check merged", "✓ gguf f16", "✓ check f16"} <= set(screen.stage_lines), \
+            "every stage went through the screen"
+        assert "merge" in seen_stages
         shown = str(screen.query_one("#export-result", Static).render())
         assert "every check passed" in str(screen.query_one("#export-stage", Static).render())
         assert "small-f16.gguf" in shown and "[ok] small-f16.gguf loaded back by transformers" in shown

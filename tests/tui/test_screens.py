@@ -113,8 +113,8 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
                 seen.append(verdict)
                 if "(measured)" in verdict:
                     break
-            assert "FITS" in verdict and "GB (measured)" in verdict, verdict
-            assert any("(estimate; measuring one real step…)" in text for text in seen), "the estimate shows first"
+            assert "FITS" in verdict and "GB (measured)" in verdict and "(measured)" in verdict, verdict
+            assert "estimate" in verdict and "GB: weights" in verdict, "the estimate stays beside the measurement"
             await pilot.press("f5")
             for _ in range(200):
                 await pilot.pause(0.1)

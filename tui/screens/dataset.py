@@ -90,8 +90,11 @@ class DatasetScreen(Screen):
         with Horizontal(id="dataset-bar"):
             yield Input(self.initial_path, placeholder="path to a .json/.jsonl/.csv/.parquet file (Enter inspects)",
                         suggester=PathSuggester(), id="dataset-path")
-            yield Input(str(self.max_length), placeholder="max_length", type="integer", id="dataset-max-length",
-                        tooltip="data.max_length: tokens kept per sample (Enter re-inspects)")
+            max_length = Input(str(self.max_length), placeholder="max_length", type="integer",
+                               id="dataset-max-length",
+                               tooltip="data.max_length: tokens kept per sample (Enter re-inspects)")
+            max_length.border_title = "max_length"
+            yield max_length
         yield ProgressBar(total=100, show_eta=False, id="dataset-progress")
         with Horizontal(id="dataset-body"):
             with Vertical(id="dataset-left"):
