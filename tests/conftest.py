@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The TUI remembers its theme between launches: tests use a settings folder of their own, never the user's
+# (and each test a fresh one, below, so a test that switches theme leaves nothing to the next).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="loradeck-test-config-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
 REAL_DATASETS = REPO.parent / "shared" / "datasets" / "real"
 LORADECK = [sys.executable, "-m", "tui.cli"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_tui_settings(tmp_path_factory, monkeypatch):
+    """A settings folder per test: the theme one test picks is not the next test's starting theme."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
 
 
 def real_dataset(name: str) -> Path:

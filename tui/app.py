@@ -13,6 +13,39 @@ from themes import DEFAULT_THEME, STYLESHEET, THEMES
 from tui.screens.home import HomeScreen
 
 
+def settings_file() -> Path:
+    """Where the TUI remembers its choices between launches: `$XDG_CONFIG_HOME/loradeck/tui.json`."""
+    import os
+
+    root = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(root) / "loradeck" / "tui.json"
+
+
+def saved_theme(known) -> str | None:
+    """The theme chosen last time, when the settings file names one this app has (the file is untrusted)."""
+    import json
+
+    try:
+        name = json.loads(settings_file().read_text(encoding="utf-8")).get("theme")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name in known else None
+
+
+def save_theme(name: str) -> None:
+    """Remember the theme for the next launch; a settings folder that cannot be written costs nothing."""
+    import json
+
+    path = settings_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"theme": name}), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 class LoradeckApp(App):
     """loradeck's terminal cockpit."""
 
@@ -30,7 +63,7 @@ class LoradeckApp(App):
         self.chat_request = chat
         for theme in THEMES:
             self.register_theme(theme)
-        self.theme = DEFAULT_THEME
+        self.theme = saved_theme(self.available_themes) or DEFAULT_THEME
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette (ctrl+p) holds every action of the screen it was opened on, with its key, then Textual's own
@@ -49,6 +82,7 @@ class LoradeckApp(App):
         yield from textual_commands
 
     def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, lambda theme: save_theme(theme.name))
         self.push_screen(HomeScreen(self.runs_dir, self.config_path))
         if self.attach_to is not None:
             self.open_run(self.attach_to)

@@ -104,6 +104,7 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
             screen.query_one("#field-model-name", Input).value = str(tiny_model_dir)
             screen.query_one("#field-train-max_steps", Input).value = "100000"
             screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
+            screen.query_one("#run-name", Input).value = "first-try"
             await pilot.pause(0.1)
             await pilot.press("f2")
             seen = []
@@ -123,7 +124,7 @@ async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny
             assert isinstance(app.screen, MonitorScreen)
             await pilot.pause(0.5)
             history = app.screen.history
-            assert history.paths.root.parent == runs
+            assert history.paths.root.parent == runs and history.paths.root.name.endswith("-first-try")
         deadline = time.time() + 60
         while not history.loss.steps and time.time() < deadline:
             history.poll()
@@ -164,3 +165,18 @@ def test_run_labels_keep_the_name_drop_the_stamp_and_stay_distinct():
     long_name = "20261124-233012-qwen2-7b-instruct-lora-r64-alpaca-cleaned"
     label = run_labels([long_name], 20)[0]
     assert len(label) == 20 and label.startswith("qwen2-7b") and label.endswith("cleaned") and "…" in label
+
+
+async def test_the_theme_chosen_last_time_comes_back_and_a_bad_settings_file_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    app = LoradeckApp(runs_dir=tmp_path / "runs")
+    async with app.run_test() as pilot:
+        assert app.theme == "loradeck-dark"
+        app.theme = "loradeck-light"
+        await pilot.pause(0.1)
+    again = LoradeckApp(runs_dir=tmp_path / "runs")
+    assert again.theme == "loradeck-light", "remembered between launches"
+    (tmp_path / "config" / "loradeck" / "tui.json").write_text('{"theme": "no-such-theme"}')
+    assert LoradeckApp(runs_dir=tmp_path / "runs").theme == "loradeck-dark"
+    (tmp_path / "config" / "loradeck" / "tui.json").write_text("[not json")
+    assert LoradeckApp(runs_dir=tmp_path / "runs").theme == "loradeck-dark"

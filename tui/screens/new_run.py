@@ -60,6 +60,13 @@ def validate_field(config: RunConfig, key: str, text) -> str | None:
     return None
 
 
+FIELD_PLACEHOLDERS = {  # what an empty field means, and what goes in it
+    "session.budget": "e.g. 9h30m or 12h (empty: no session clock)",
+    "session.deadline": "e.g. 2026-11-28T18:00 (empty: none)",
+    "data.eval_path": "empty: hold out data.eval_split of the rows",
+}
+
+
 class NewRunScreen(Screen):
     """Form → validated RunConfig → TOML → detached run → monitor."""
 
@@ -99,8 +106,13 @@ class NewRunScreen(Screen):
                                          id=field_id(key))
                         else:
                             shown = short_path(value) if key == "data.path" and value else str(value)
-                            yield Input(shown, id=field_id(key), tooltip=meta.get("help"))
+                            yield Input(shown, id=field_id(key), tooltip=meta.get("help"),
+                                        placeholder=FIELD_PLACEHOLDERS.get(key, ""))
                     yield Static("", id=field_id(key) + "-error", classes="field-error")
+                with Horizontal(classes="form-row"):
+                    yield Label("run name", classes="form-label")
+                    yield Input(placeholder="names the run directory (default: the save-as file's name)",
+                                id="run-name", tooltip="the run directory is RUNS/<time>-<run name>")
                 with Horizontal(classes="form-row"):
                     yield Label("save as", classes="form-label")
                     yield Input(str(self.runs_dir.parent / "configs" / "my-run.toml")
@@ -207,7 +219,8 @@ class NewRunScreen(Screen):
         from engine.train.launcher import launch_detached, new_run_dir, prepare_run_dir
 
         try:
-            label = Path(self.query_one("#save-path", Input).value.strip() or "run").stem
+            label = self.query_one("#run-name", Input).value.strip() \
+                or Path(self.query_one("#save-path", Input).value.strip() or "run").stem
             paths = prepare_run_dir(new_run_dir(self.runs_dir, label), config)
             launch_detached(paths.root)
         except LoradeckError as exc:
