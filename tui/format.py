@@ -85,3 +85,17 @@ def run_labels(run_ids: list[str], width: int = 20) -> list[str]:
             name = name[:(keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
         labels.append(name)
     return labels
+
+
+def integer_ticks(low: float, high: float, count: int = 5) -> list[int]:
+    """Up to `count` whole-number ticks from `low` to `high` (steps are counted, never 24.8)."""
+    low, high = int(low), int(round(high))
+    if high <= low:
+        return [low]
+    step = max(1, round((high - low) / (count - 1)))
+    ticks = list(range(low, high + 1, step))
+    if ticks[-1] != high and high - ticks[-1] < step / 2:
+        ticks[-1] = high
+    elif ticks[-1] != high:
+        ticks.append(high)
+    return ticks

@@ -180,3 +180,12 @@ async def test_the_theme_chosen_last_time_comes_back_and_a_bad_settings_file_is_
     assert LoradeckApp(runs_dir=tmp_path / "runs").theme == "loradeck-dark"
     (tmp_path / "config" / "loradeck" / "tui.json").write_text("[not json")
     assert LoradeckApp(runs_dir=tmp_path / "runs").theme == "loradeck-dark"
+
+
+def test_step_axes_tick_whole_numbers():
+    from tui.format import integer_ticks
+
+    assert integer_ticks(1, 96) == [1, 25, 49, 73, 96]
+    assert integer_ticks(1, 3) == [1, 2, 3]
+    assert integer_ticks(5, 5) == [5]
+    assert all(isinstance(t, int) for t in integer_ticks(1.0, 24.0))

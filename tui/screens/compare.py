@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import one_line, run_labels, theme_rgb
+from tui.format import integer_ticks, one_line, run_labels, theme_rgb
 
 LINE_VARIABLES = ("primary", "accent", "success", "secondary", "warning", "error")
 
@@ -100,5 +100,9 @@ class CompareScreen(Screen):
                 plt.plot(history.loss.steps, history.loss.values, label=name, marker="braille", color=colour)
             if len(history.eval_loss):
                 plt.scatter(history.eval_loss.steps, history.eval_loss.values, marker="dot", color=colour)
+        steps = [s for h in self.histories for s in (*h.loss.steps, *h.eval_loss.steps)]
+        if steps:
+            ticks = integer_ticks(min(steps), max(steps))
+            plt.xticks(ticks, [str(t) for t in ticks])
         plt.xlabel("step")
         plot.refresh()

@@ -20,7 +20,8 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import format_bytes, format_duration, format_number, format_share, one_line, theme_rgb
+from tui.format import (format_bytes, format_duration, format_number, format_share, integer_ticks, one_line,
+                        theme_rgb)
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
 GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
@@ -380,6 +381,10 @@ class MonitorScreen(Screen):
         eval_steps, eval_values = evals.downsampled(limit, first_step)
         if eval_steps:
             plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=theme_rgb(colours.get("accent")))
+        shown = [x for x in (*before_x, *xs, *eval_steps)]
+        if shown:
+            ticks = integer_ticks(min(shown), max(shown))
+            plt.xticks(ticks, [str(t) for t in ticks])
         plt.xlabel("step")
         plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
         plot_widget.refresh()
