@@ -208,6 +208,16 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def format_bytes(count: float | None) -> str:
+    """'1.2 GB', '512 MB' or '—'."""
+    if count is None:
+        return "—"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
 def format_duration(seconds: float | None) -> str:
     """'2h05m', '4m09s', '12s' or '—' (the inverse of parse_duration, for people)."""
     if seconds is None:

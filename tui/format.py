@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from engine.config import format_duration  # noqa: F401  (one formatter for engine messages and screens)
+from engine.config import format_bytes, format_duration  # noqa: F401  (one formatter each, engine and screens)
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
@@ -21,16 +21,6 @@ def format_number(value: float | None, digits: int = 4) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.{digits}g}"
-
-
-def format_bytes(count: float | None) -> str:
-    """'1.2 GB', '512 MB' or '—'."""
-    if count is None:
-        return "—"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(count) >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count:.0f} B"
 
 
 def short_path(path: str | None) -> str:

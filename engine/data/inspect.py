@@ -335,7 +335,8 @@ def _eos_check(tokenizer, samples: list[TokenizedSample], found: _Collector) -> 
 
 def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length: int = 1024,
                     data_format: str = "auto", eval_split: float = 0.1, seed: int = 42, system_prompt: str = "",
-                    eval_path: str | Path = "", train_on: str = "completions", progress: Callable[[str, float], None] | None = None) -> InspectReport:
+                    eval_path: str | Path = "", train_on: str = "completions",
+                    progress: Callable[[str, float], None] | None = None) -> InspectReport:
     """Load, render and tokenize a dataset as training would, and report its shape and problems.
 
     Raises DataError (one line: file, record, what to do) for unreadable files,
@@ -387,7 +388,8 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
         if rows:
             if code == "mixed_script":
                 title = f"{title} (most are {main_script})"
-            report.findings.append(Finding(code, severity, title, len(rows), rows, advice, dict(found.repeats[code])))
+            report.findings.append(Finding(code, severity, title, len(rows), rows, advice,
+                                           dict(found.repeats[code])))
     report.findings.sort(key=lambda f: (SEVERITIES.index(f.severity), -f.count))
     report.seconds = round(time.monotonic() - started, 3)
     say("done", 1.0)

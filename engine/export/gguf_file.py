@@ -110,9 +110,9 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def _tensor_headers(files: list[Path]) -> list[tuple[Path, str, list[int]]]:
-    """(file, name, shape) of every tensor, read from the safetensors headers alone."""
-    return [(file, name, info["shape"]) for file, name, info in _tensor_entries(files)]
+def parameter_count(folder: Path) -> int:
+    """How many weights the safetensors files in `folder` hold, from their headers alone."""
+    return sum(math.prod(info["shape"]) for _, _, info in _tensor_entries(_safetensors_files(folder)))
 
 
 def _tensor_entries(files: list[Path]) -> list[tuple[Path, str, dict]]:

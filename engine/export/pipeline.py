@@ -16,7 +16,7 @@ from engine.errors import ModelError
 from engine.export.checks import Behaviour, behaviour, compare, prompt_ids
 from engine.export.gguf_file import PYTHON_TYPES, llama_quantize, write_gguf
 from engine.export.ollama import modelfile_text
-from engine.export.plan import DTYPES, ExportPlan
+from engine.export.plan import DTYPES, ExportPlan, export_tokenizer
 from engine.library_output import library_stderr
 
 StageProgress = Callable[[str, float, str], None]  # (stage, fraction of that stage, message)
@@ -66,16 +66,6 @@ def _device_for(plan: ExportPlan, dtype) -> str:
         if plan.parameters * torch.finfo(dtype).bits // 8 > 0.8 * free:
             return "cpu"
     return device
-
-
-def _tokenizer_for(plan: ExportPlan):
-    from transformers import AutoTokenizer
-
-    source = plan.adapter if (plan.adapter / "tokenizer_config.json").is_file() else plan.base_folder
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _check_base_fingerprint(plan: ExportPlan, model) -> None:
@@ -128,7 +118,7 @@ def _merge(plan: ExportPlan, result: ExportResult, progress: StageProgress) -> t
         raise ModelError(f"{plan.adapter}: this adapter does not fit the base {plan.base!r} ({detail}) — pass --base "
                          "with the model it was trained on") from None
     model.eval()
-    tokenizer = _tokenizer_for(plan)
+    tokenizer = export_tokenizer(plan.adapter, plan.base_folder)
     ids = prompt_ids(tokenizer, plan.prompts)
     progress("merge", 0.5, f"answering {len(ids)} check prompts with base + adapter (unmerged)")
     unmerged = behaviour(model, tokenizer, plan.prompts, format_regex=plan.format_regex, token_ids=ids)
@@ -213,7 +203,9 @@ def _check_gguf(plan: ExportPlan, result: ExportResult, path: Path, type_name: s
 
 
 def _record_file(result: ExportResult, path: Path, kind: str) -> None:
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    from engine.run.space import folder_bytes
+
+    size = folder_bytes(path) if path.is_dir() else path.stat().st_size
     result.files.append({"path": path.name + ("/" if path.is_dir() else ""), "kind": kind, "bytes": size})
 
 

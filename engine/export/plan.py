@@ -10,7 +10,8 @@ from pathlib import Path
 
 from engine.data.prompts import PromptItem
 from engine.errors import ConfigError, ModelError
-from engine.export.gguf_file import PYTHON_TYPES, check_gguf_types, estimate_gguf_bytes, gguf_architecture
+from engine.export.gguf_file import (PYTHON_TYPES, check_gguf_types, estimate_gguf_bytes, gguf_architecture,
+                                     parameter_count)
 from engine.export.ollama import OllamaTemplate, translate_template
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -53,12 +54,16 @@ class ExportPlan:
         return self.out / f"{self.name}-{type_name}.gguf"
 
 
-def _parameter_count(folder: Path) -> int:
-    import math
+def export_tokenizer(adapter: Path, base_folder: Path):
+    """The tokenizer the adapter trained with: the one saved beside it when there is one, else its base's — with
+    a pad token, as training had."""
+    from transformers import AutoTokenizer
 
-    from engine.export.gguf_file import _safetensors_files, _tensor_headers
-
-    return sum(math.prod(shape) for _, _, shape in _tensor_headers(_safetensors_files(folder)))
+    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file()
+                                              else base_folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _run_settings(run_dir: Path | None) -> dict:
@@ -92,8 +97,8 @@ def plan_export(source: str | Path, out: str | Path, *, gguf_types: list[str] = 
     """Check an export's inputs before anything heavy: a one-line LoradeckError for an unknown source, GGUF type,
     architecture, chat template, Ollama name, a non-empty foreign output folder, or a disk without room."""
     from engine.models.adapters import resolve_adapter, run_dir_of
-    from engine.models.loading import load_tokenizer, resolve_model
-    from engine.run.space import free_bytes
+    from engine.models.loading import resolve_model
+    from engine.run.space import folder_bytes, free_bytes
 
     adapter = resolve_adapter(source).resolve()
     run_dir = run_dir_of(adapter)
@@ -125,12 +130,7 @@ def plan_export(source: str | Path, out: str | Path, *, gguf_types: list[str] = 
     system_prompt = data_section.get("system_prompt", "")
     translated = None
     if ollama is not None:
-        tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_folder
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source) if tokenizer_source == adapter \
-            else load_tokenizer(str(base_folder))
-        translated = translate_template(tokenizer, system_prompt=system_prompt)
+        translated = translate_template(export_tokenizer(adapter, base_folder), system_prompt=system_prompt)
 
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -139,14 +139,14 @@ def plan_export(source: str | Path, out: str | Path, *, gguf_types: list[str] = 
         raise ConfigError(f"--out {out}: the folder holds other files — choose an empty or new folder (an earlier "
                           "export's folder is replaced)")
     export_name = name or _default_name(run_dir, adapter)
-    parameters = _parameter_count(base_folder)
+    parameters = parameter_count(base_folder)
     estimated = {"merged": int(parameters * DTYPE_BYTES[dtype])}
     for type_name in types:
         estimated[type_name] = estimate_gguf_bytes(base_folder, base_config, type_name if type_name in PYTHON_TYPES
                                                    else "f16")
     if any(t not in PYTHON_TYPES for t in types) and "f16" not in types:
         estimated["f16 (for llama-quantize)"] = estimate_gguf_bytes(base_folder, base_config, "f16")
-    existing = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else 0
+    existing = folder_bytes(out) if out.is_dir() else 0
     needed = int(sum(estimated.values()) * DISK_MARGIN) - existing
     probe = out if out.is_dir() else next(p for p in out.parents if p.exists())
     free = free_bytes(probe)

@@ -7,13 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-def human_size(count: int) -> str:
-    """Bytes as a person reads them: 541.6 MB, 284 B."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} B"
+from engine.config import format_bytes
 
 
 def check_line(check: dict[str, Any]) -> str:
@@ -61,7 +55,7 @@ def render_markdown(result) -> str:
              f"- merged in: {plan.dtype}" + (" (the run trained on 4-bit QLoRA weights)" if plan.trained_4bit else "")]
     lines += [f"- note: {note}" for note in result.notes]
     lines += ["", "## Files", "", "| file | what | size |", "|---|---|---|"]
-    lines += [f"| `{f['path']}` | {f['kind']} | {human_size(f['bytes'])} |" for f in result.files]
+    lines += [f"| `{f['path']}` | {f['kind']} | {format_bytes(f['bytes'])} |" for f in result.files]
     lines += ["", "## Checks", "",
               f"Each file was loaded back with plain transformers and answered the same {len(plan.prompts)} "
               "prompts greedily as the model it came from; logits are compared over every prompt token.", ""]

@@ -190,7 +190,7 @@ class RunHistory:
         return max(0.0, (self.summary.max_steps - self.summary.step) * pace)
 
     def time_left(self, now: float | None = None) -> float | None:
-        """Session seconds left: live from the deadline, or as recorded for a finished run."""
+        """Session seconds left: live from the deadline, or as it was at an ended run's final event."""
         from engine.run.status import session_time_left
 
         return session_time_left(self.summary, now)

@@ -244,6 +244,13 @@ def refuse_incompatible(state: dict[str, Any], config: RunConfig) -> None:
                        " — an adapter only continues on the base and shape it was trained with")
 
 
+def resumed_line(step: int, epoch: float | None, with_optimizer: bool | None) -> str:
+    """What a resume prints (foreground, or the CLI once a detached worker took the bundle): where it goes on and
+    whether the optimizer state came along."""
+    return (f"resumed at step {step + 1} (epoch {epoch or 0:.3f}, "
+            f"{'with' if with_optimizer else 'without'} optimizer state)")
+
+
 def describe_bundle(bundle_path: str | Path) -> list[str]:
     """Lines for `loradeck status BUNDLE`: what it holds, whether it verifies, the command that continues it."""
     folder = Path(bundle_path)

@@ -177,8 +177,9 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     verdict = FITS if ratio < 0.8 else TIGHT if ratio < 0.95 else WONT_FIT
     reasons = [f"needs {need / 1e9:.2f} GB ({'measured' if measured is not None else 'estimated'}) of "
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
-               f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW {lora / 1e9:.3f} GB + activations "
-               f"{activations / 1e9:.2f} GB for {config.train.batch_size} x {tokens} tokens"]
+               f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW "
+               f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {config.train.batch_size} x "
+               f"{tokens} tokens"]
     if reserved is not None:
         reasons.append(f"the CUDA allocator reserved {reserved / 1e9:.2f} GB for it: {(available - reserved) / 1e9:.2f}"
                        " GB headroom left")

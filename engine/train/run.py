@@ -495,7 +495,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     from engine.models.loading import best_device, dtype_choice
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
-    from engine.train.handoff import snapshot_data_files
+    from engine.train.handoff import resumed_line, snapshot_data_files
 
     config, events = run.config, run.events
     bundle_state = None
@@ -581,8 +581,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                             "host": os.uname().nodename}
         run.loss_tail.extend(bundle_state.get("loss_tail") or [])
         schedule = schedule_change(resume_from, bundle_state, max_steps, config.train.lr_scheduler)
-        say(f"resumed at step {bundle_state['global_step'] + 1} (epoch {bundle_state.get('epoch') or 0:.3f}, "
-            f"{'with' if bundle_state.get('with_optimizer') else 'without'} optimizer state)")
+        say(resumed_line(bundle_state["global_step"], bundle_state.get("epoch"), bundle_state.get("with_optimizer")))
         if schedule:
             trainer.loradeck_schedule_from = bundle_state["global_step"]
             say(schedule)

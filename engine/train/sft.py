@@ -89,14 +89,16 @@ def loradeck_trainer_class():
             import torch
 
             super()._load_optimizer_and_scheduler(checkpoint)
-            scheduler_file = os.path.join(checkpoint or "", "scheduler.pt")
-            if checkpoint is not None and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")) \
-                    and os.path.isfile(scheduler_file) and self.lr_scheduler is not None:
+            if checkpoint is None:
+                return
+            scheduler_file = os.path.join(checkpoint, "scheduler.pt")
+            if not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")) and os.path.isfile(scheduler_file) \
+                    and self.lr_scheduler is not None:
                 # Adapter-only bundle: a fresh optimizer, but the LR schedule continues where it stopped.
                 self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
                 for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
                     group["lr"] = lr
-            if checkpoint is not None and getattr(self, "loradeck_schedule_from", None) is not None:
+            if getattr(self, "loradeck_schedule_from", None) is not None:
                 self._continue_schedule(self.loradeck_schedule_from)
 
         def _continue_schedule(self, step: int) -> None:

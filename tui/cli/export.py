@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
 def _cmd_export(args) -> int:
     from engine.export.pipeline import run_export
     from engine.export.plan import plan_export
-    from engine.export.report import check_line, export_summary, human_size, ollama_command
+    from engine.config import format_bytes
+    from engine.export.report import check_line, export_summary, ollama_command
 
     plan = plan_export(args.source, args.out, gguf_types=args.gguf, ollama=args.ollama, dtype=args.dtype,
                        base=args.base, name=args.name, check_prompts=args.check_prompts)
@@ -66,7 +67,7 @@ def _cmd_export(args) -> int:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         for entry in result.files:
-            print(f"wrote {plan.out}/{entry['path']}  ({human_size(entry['bytes'])})")
+            print(f"wrote {plan.out}/{entry['path']}  ({format_bytes(entry['bytes'])})")
         for check in result.checks:
             print(check_line(check))
         print(f"report: {plan.out / 'EXPORT.md'}")

@@ -139,6 +139,7 @@ def _report_resume(paths, timeout_s: float = 300.0) -> int:
 
     from engine.run.events import EventTail
     from engine.run.status import trainer_pid
+    from engine.train.handoff import resumed_line
 
     tail = EventTail(paths.events)
     deadline = time.monotonic() + timeout_s
@@ -146,8 +147,7 @@ def _report_resume(paths, timeout_s: float = 300.0) -> int:
     while time.monotonic() < deadline:
         for event in tail.read_new():
             if event["type"] == "resumed":
-                print(f"resumed at step {event['step'] + 1} (epoch {event.get('epoch') or 0:.3f}, "
-                      f"{'with' if event.get('with_optimizer') else 'without'} optimizer state)")
+                print(resumed_line(event["step"], event.get("epoch"), event.get("with_optimizer")))
                 if event.get("schedule"):
                     print(event["schedule"])
                 return 0
@@ -190,14 +190,13 @@ def _cmd_train(args) -> int:
 def _source_name(bundle_path: Path, data_path: str) -> str:
     """What a resumed run is named after: the run the bundle came from (without its time stamp), else the
     bundle's own folder, else the data file."""
-    import re
-
     from engine.models.adapters import run_dir_of
+    from tui.format import RUN_STAMP
 
     source = run_dir_of(bundle_path)
     folder = Path(bundle_path).resolve()
     name = source.name if source is not None else folder.name if folder.name not in ("handoff", "adapter") else ""
-    name = re.sub(r"^\d{8}-\d{6}-", "", name)
+    name = RUN_STAMP.sub("", name)
     return name or Path(data_path).stem or "run"
 
 

@@ -22,8 +22,9 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from engine.export.gguf_file import known_types
-from engine.export.report import check_line, human_size
+from engine.export.report import check_line
 from tui.child import ProgressChild
+from tui.format import format_bytes
 
 DEFAULT_TYPES = ("f16", "q8_0")
 DTYPE_CHOICES = [("the base model's", "auto"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp32")]
@@ -190,7 +191,7 @@ class ExportScreen(Screen):
             if isinstance(entry, dict):
                 size = entry.get("bytes")
                 lines.append(f"  {escape(str(entry.get('path', '')))}  "
-                             f"{human_size(size) if isinstance(size, int) else ''}")
+                             f"{format_bytes(size) if isinstance(size, int) else ''}")
         lines.append("[b]checks[/b]")
         for check in summary.get("checks") or []:
             try:

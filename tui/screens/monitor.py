@@ -229,6 +229,8 @@ class MonitorScreen(Screen):
         # Set before mount: a title change after the Header mounts races screen switches.
         self.title = f"loradeck · {self.history.summary.run_id}"
         self.zoom_index = 0
+        self.small = False  # a short terminal: probes fold away unless asked for
+        self.probes_wanted: bool | None = None  # p's choice; None: the size decides
         self.plotted_points = -1
         self.logged = 0
         self.plotted_at = 0.0
@@ -339,8 +341,7 @@ class MonitorScreen(Screen):
         self._update_probes()
 
     def _probes_shown(self) -> bool:
-        wanted = getattr(self, "probes_wanted", None)
-        return wanted if wanted is not None else not getattr(self, "small", False)
+        return self.probes_wanted if self.probes_wanted is not None else not self.small
 
     def _update_probes(self) -> None:
         panel = self.query_one("#probe-panel", Static)
@@ -381,7 +382,7 @@ class MonitorScreen(Screen):
         eval_steps, eval_values = evals.downsampled(limit, first_step)
         if eval_steps:
             plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=theme_rgb(colours.get("accent")))
-        shown = [x for x in (*before_x, *xs, *eval_steps)]
+        shown = [*before_x, *xs, *eval_steps]
         if shown:
             ticks = integer_ticks(min(shown), max(shown))
             plt.xticks(ticks, [str(t) for t in ticks])
