@@ -11,39 +11,7 @@ from textual.screen import Screen
 
 from themes import DEFAULT_THEME, STYLESHEET, THEMES
 from tui.screens.home import HomeScreen
-
-
-def settings_file() -> Path:
-    """Where the TUI remembers its choices between launches: `$XDG_CONFIG_HOME/loradeck/tui.json`."""
-    import os
-
-    root = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(root) / "loradeck" / "tui.json"
-
-
-def saved_theme(known) -> str | None:
-    """The theme chosen last time, when the settings file names one this app has (the file is untrusted)."""
-    import json
-
-    try:
-        name = json.loads(settings_file().read_text(encoding="utf-8")).get("theme")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) and name in known else None
-
-
-def save_theme(name: str) -> None:
-    """Remember the theme for the next launch; a settings folder that cannot be written costs nothing."""
-    import json
-
-    path = settings_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"theme": name}), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        pass
+from tui.settings import save_theme, saved_theme
 
 
 class LoradeckApp(App):

@@ -59,8 +59,10 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
         lr.value = "fast"
         await pilot.pause(0.1)
         error = str(screen.query_one("#field-train-learning_rate-error", Static).render())
-        assert "train.learning_rate" in error and "fast" in error
-        assert "fix" in str(screen.query_one("#form-status", Static).render())
+        assert "expected a number, got 'fast'" in error and "train.learning_rate" not in error, \
+            "the message under the field does not repeat its key"
+        status = str(screen.query_one("#form-status", Static).render())
+        assert "fix" in status and "learning rate: expected a number" in status, "the summary names the field"
         lr.value = "1e-4"
         screen.query_one("#field-lora-r", Input).value = "8"
         screen.query_one("#field-model-load_in_4bit", Switch).value = True
@@ -88,6 +90,43 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
     finally:
         os.chdir(here)
     assert Path(again.data.path).is_file() and Path(again.data.eval_path).is_file()
+
+
+async def test_the_form_starts_from_the_config_it_last_saved_and_ctrl_r_resets_it(tmp_path):
+    app = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert "from " in app.screen.query_one("#new-run-form").border_title, "nothing remembered yet"
+        app.screen.query_one("#field-lora-r", Input).value = "4"
+        app.screen.query_one("#field-train-learning_rate", Input).value = "3e-4"
+        app.screen.query_one("#save-path", Input).value = str(tmp_path / "mine.toml")
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+    again = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)  # the next launch
+    async with again.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        screen = again.screen
+        assert "your last form" in screen.query_one("#new-run-form").border_title
+        assert screen.query_one("#field-lora-r", Input).value == "4"
+        assert screen.query_one("#field-train-learning_rate", Input).value == "0.0003"
+        assert screen.query_one("#field-data-path", Input).value.endswith("demo_train.jsonl")
+        assert "valid" in str(screen.query_one("#form-status", Static).render()), "its data paths still resolve"
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.1)
+        demo = load_config(DEMO)
+        assert screen.query_one("#field-lora-r", Input).value == str(demo.lora.r)
+        assert "from " in screen.query_one("#new-run-form").border_title
+    from tui.settings import last_form_config_file
+
+    last_form_config_file().write_text("[lora]\nr = 'many'\n")  # a damaged file is ignored
+    third = LoradeckApp(runs_dir=tmp_path / "runs", config_path=DEMO)
+    async with third.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert third.screen.query_one("#field-lora-r", Input).value == str(load_config(DEMO).lora.r)
 
 
 async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny_model_dir, tmp_path):

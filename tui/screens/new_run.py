@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, Input, Label, Select, Static, Switch
 from engine.config import RunConfig, load_config, section_fields, set_value
 from engine.errors import LoradeckError
 from tui.format import short_path
+from tui.settings import remember_form_config, remembered_form_config
 
 # (dotted key, label) in form order; choices come from the config model itself.
 FORM_FIELDS = (
@@ -50,14 +51,21 @@ def current_value(config: RunConfig, key: str):
 
 
 def validate_field(config: RunConfig, key: str, text) -> str | None:
-    """The CLI's own message for `--set key=text`, or None when valid (assigns it into `config`)."""
+    """What is wrong with `text` for `key` (the CLI's message for `--set key=text`, without the key it is shown
+    under), or None when valid (assigns it into `config`)."""
+    origin = f"{key}={text}"
     try:
-        set_value(config, key, text, from_text=not isinstance(text, bool), origin=f"{key}={text}")
+        set_value(config, key, text, from_text=not isinstance(text, bool), origin=origin)
     except LoradeckError as exc:
-        return str(exc)
+        return str(exc).removeprefix(f"{origin}: ").removeprefix(f"{key}: ")
     if key == "data.path" and text and not Path(str(text)).expanduser().exists():
-        return f"{key}={text}: no such file — give a .jsonl/.json/.csv/.parquet path"
+        return "no such file — give a .jsonl/.json/.csv/.parquet path"
     return None
+
+
+def shown_text(key: str, value) -> str:
+    """A field's value as the form's text box shows it."""
+    return short_path(value) if key == "data.path" and value else str(value)
 
 
 FIELD_PLACEHOLDERS = {  # what an empty field means, and what goes in it
@@ -73,6 +81,7 @@ class NewRunScreen(Screen):
     BINDINGS = [
         Binding("f2", "preflight", "Preflight"),
         Binding("ctrl+s", "save_config", "Save TOML"),
+        Binding("ctrl+r", "reset_form", "Reset form"),
         Binding("f5", "start_run", "Start run"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -82,9 +91,11 @@ class NewRunScreen(Screen):
         self.runs_dir = Path(runs_dir)
         self.config_path = config_path
         try:
-            self.base = load_config(config_path)
+            self.given = load_config(config_path)
         except LoradeckError:
-            self.base = load_config(None)
+            self.given = load_config(None)
+        self.remembered = remembered_form_config()
+        self.base = self.remembered or self.given
         self.errors: dict[str, str] = {}
         # Set before mount: a title change after the Header mounts races screen switches.
         self.title = "loradeck · new run"
@@ -93,7 +104,8 @@ class NewRunScreen(Screen):
         yield Header()
         with Horizontal(id="new-run-body"):
             with VerticalScroll(id="new-run-form", classes="panel") as form:
-                form.border_title = f"New run · from {self.config_path or 'defaults'}"
+                form.border_title = "New run · " + (f"your last form (ctrl+r: {self._given_name()})"
+                                                    if self.remembered else f"from {self._given_name()}")
                 for key, label in FORM_FIELDS:
                     value = current_value(self.base, key)
                     meta = field_meta(key)
@@ -105,8 +117,7 @@ class NewRunScreen(Screen):
                             yield Select([(c or "none", c) for c in meta["choices"]], value=value, allow_blank=False,
                                          id=field_id(key))
                         else:
-                            shown = short_path(value) if key == "data.path" and value else str(value)
-                            yield Input(shown, id=field_id(key), tooltip=meta.get("help"),
+                            yield Input(shown_text(key, value), id=field_id(key), tooltip=meta.get("help"),
                                         placeholder=FIELD_PLACEHOLDERS.get(key, ""))
                     yield Static("", id=field_id(key) + "-error", classes="field-error")
                 with Horizontal(classes="form-row"):
@@ -128,6 +139,19 @@ class NewRunScreen(Screen):
 
     def on_mount(self) -> None:
         self._show_status()
+
+    def _given_name(self) -> str:
+        return short_path(self.config_path) if self.config_path else "defaults"
+
+    def action_reset_form(self) -> None:
+        """Every field back to the config the TUI was started with (or the defaults)."""
+        for key, _ in FORM_FIELDS:
+            value = current_value(self.given, key)
+            widget = self.query_one("#" + field_id(key))
+            widget.value = shown_text(key, value) if isinstance(widget, Input) else value
+        self.base = self.given
+        self.query_one("#new-run-form").border_title = f"New run · from {self._given_name()}"
+        self.notify(f"the form is {self._given_name()} again", title="reset")
 
     def build_config(self) -> RunConfig:
         """The config the form describes (each field validated); errors land in self.errors."""
@@ -155,7 +179,9 @@ class NewRunScreen(Screen):
         config = self.build_config()
         status = self.query_one("#form-status", Static)
         if self.errors:
-            status.update("[$error]fix:[/]\n" + "\n".join(self.errors.values()))
+            labels = dict(FORM_FIELDS)
+            status.update("[$error]fix:[/]\n" + "\n".join(f"{labels.get(key, key)}: {message}" if key in labels
+                                                           else message for key, message in self.errors.items()))
         else:
             status.update("[$success]valid[/] — F5 starts it, Ctrl+S saves the TOML")
         return config
@@ -176,6 +202,7 @@ class NewRunScreen(Screen):
 
         target.parent.mkdir(parents=True, exist_ok=True)
         save_config(config, target, portable_paths=True)
+        remember_form_config(config)
         self.notify(f"saved {target}", title="save")
         return target
 
@@ -212,6 +239,7 @@ class NewRunScreen(Screen):
             self.notify("fix the highlighted fields first", severity="error", title="start")
             return
         self.notify("starting the trainer…", title="start")
+        remember_form_config(config)
         self._start(config)
 
     @work(thread=True, exclusive=True, group="start")
