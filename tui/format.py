@@ -89,3 +89,12 @@ def integer_ticks(low: float, high: float, count: int = 5) -> list[int]:
     elif ticks[-1] != high:
         ticks.append(high)
     return ticks
+
+
+def format_used_of(used: float | None, total: float | None) -> str:
+    """'2.0/25.3 GB' (one unit when both share it), else '512 MB/25.3 GB'."""
+    used_text, total_text = format_bytes(used), format_bytes(total)
+    used_number, _, used_unit = used_text.partition(" ")
+    if used_unit and used_unit == total_text.partition(" ")[2]:
+        return f"{used_number}/{total_text}"
+    return f"{used_text}/{total_text}"

@@ -256,3 +256,35 @@ async def test_a_resumed_run_draws_the_losses_that_travelled_in_its_bundle(tmp_p
         await pilot.pause(0.5)
         screen = app.export_screenshot().replace("&#160;", " ")
         assert "before resume" in screen and "train" in screen, "the earlier losses are on the curve, dimmed"
+
+
+async def test_the_memory_graphs_are_labelled_and_the_second_steps_aside_at_80x24(tmp_path):
+    run_dir = live_run(tmp_path)
+    gib = 1024 ** 3
+    append(run_dir, *({"type": "telemetry", "step": s,
+                       "devices": [{"index": 0, "name": "Tesla T4", "memory_used": (8 + s) * gib,
+                                    "memory_total": 16 * gib}],
+                       "process": {"allocated": (5 + s) * gib, "reserved": 12 * gib, "peak_allocated": 7 * gib},
+                       "host": {"ram_used": 3 * gib, "ram_total": 25 * gib, "cpu_pct": 99.6, "process_rss": gib}}
+                      for s in (1, 2, 3)))
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: "VRAM" in text_of(app, "#memory-label-1"))
+        assert text_of(app, "#memory-label-1") == "GPU0 VRAM 11.8 GB max 11.8 GB"
+        assert text_of(app, "#memory-label-2") == "this run 8.6 GB max 8.6 GB", "own-process allocated memory"
+        assert list(app.screen.query_one("#memory-history-1").data) == [9 * gib, 10 * gib, 11 * gib]
+        assert "VRAM 11.8/17.2 GB" in text_of(app, "#device-text")
+        assert app.screen.query_one("#memory-history-2").display
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.2)
+        assert not app.screen.query_one("#memory-history-2").display, "80x24: the device graph only"
+        assert app.screen.query_one("#memory-label-1").display
+
+
+async def test_without_a_gpu_the_graphs_are_host_ram_and_the_trainer_rss():
+    app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "demo-finished")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: "RAM" in text_of(app, "#memory-label-1"))
+        assert text_of(app, "#memory-label-1").startswith("host RAM ")
+        assert text_of(app, "#memory-label-2").startswith("trainer RSS ")
+        assert "trainer RSS" not in text_of(app, "#device-text"), "said once, by the graph's label"

@@ -20,10 +20,11 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
-from tui.format import (format_bytes, format_duration, format_number, format_share, integer_ticks, one_line,
-                        theme_rgb)
+from tui.format import (format_bytes, format_duration, format_number, format_share, format_used_of, integer_ticks,
+                        one_line, theme_rgb)
 
 ZOOM_STEPS = (0, 50, 200)  # 0 = every step
+MEMORY_POINTS = 120  # telemetry arrives every 5 s: the graphs show the last 10 minutes
 GAP = "\u00a0 "  # a no-break space first, so SVG screenshots keep the gap after a styled word
 AMBER_S, RED_S = 30 * 60, 5 * 60
 STATUS_STYLE = {"running": "$primary", "finished": "$success", "failed": "$error", "lost": "$error",
@@ -133,7 +134,7 @@ def device_text(history: RunHistory) -> str:
         used, total = device.get("memory_used"), device.get("memory_total")
         lines.append(f"GPU{device['index']} {(device.get('name') or '')[:18]}")
         lines.append(f" util {format_number(device.get('utilization_pct'), 3)}%  MFU {format_share(history.summary.mfu)}")
-        lines.append(f" VRAM {format_bytes(used)}/{format_bytes(total)}")
+        lines.append(f" VRAM {format_used_of(used, total)}")
         lines.append(f" {format_number(device.get('temperature_c'), 3)}°C  {format_number(device.get('power_w'), 3)}"
                      f"/{format_number(device.get('power_limit_w'), 3)} W")
     process = event.get("process") or {}
@@ -143,16 +144,31 @@ def device_text(history: RunHistory) -> str:
     host = event.get("host") or {}
     if not event.get("devices"):
         lines.append("[$text-muted]no GPU: host figures[/]")
-    lines.append(f"RAM {format_bytes(host.get('ram_used'))}/{format_bytes(host.get('ram_total'))}  "
-                 f"CPU {format_number(host.get('cpu_pct'), 3)}%")
-    lines.append(f"trainer RSS {format_bytes(host.get('process_rss'))}")
+    lines.append(f"RAM {format_used_of(host.get('ram_used'), host.get('ram_total'))}  "
+                 f"CPU {format_percent(host.get('cpu_pct'))}")
+    if event.get("devices"):  # without a GPU the second graph's label says it
+        lines.append(f"trainer RSS {format_bytes(host.get('process_rss'))}")
     return "\n".join(lines)
 
 
-def memory_series(history: RunHistory) -> list[float]:
-    """The history graph: VRAM used on device 0, or the trainer's RSS without a GPU."""
-    gpu = history.telemetry_series(lambda e: e["devices"][0]["memory_used"])
-    return gpu or history.telemetry_series(lambda e: e["host"]["process_rss"])
+def format_percent(value) -> str:
+    """'99%' (whole percent), or '—' when missing."""
+    return f"{value:.0f}%" if isinstance(value, (int, float)) and value == value else "—"
+
+
+def memory_graphs(history: RunHistory) -> list[tuple[str, list[float]]]:
+    """The two memory histories (the last MEMORY_POINTS telemetry events), each with the label drawn above it: the
+    device's VRAM in use and this run's own allocated memory on a GPU; host RAM in use and the trainer's RSS without
+    one. A history with no figures yet has an empty series."""
+    def graph(name: str, pick) -> tuple[str, list[float]]:
+        values = history.telemetry_series(pick)[-MEMORY_POINTS:]
+        return (f"{name} {format_bytes(values[-1])} max {format_bytes(max(values))}" if values else name), values
+
+    if history.telemetry_series(lambda e: e["devices"][0]["memory_used"]):
+        return [graph("GPU0 VRAM", lambda e: e["devices"][0]["memory_used"]),
+                graph("this run", lambda e: e["process"]["allocated"])]
+    return [graph("host RAM", lambda e: e["host"]["ram_used"]),
+            graph("trainer RSS", lambda e: e["host"]["process_rss"])]
 
 
 def log_line(event: dict, colours: dict[str, str]) -> Text:
@@ -259,7 +275,9 @@ class MonitorScreen(Screen):
                 with Vertical(id="device-panel", classes="panel") as devices:
                     devices.border_title = "GPU / memory"
                     yield Static("", id="device-text")
-                    yield Sparkline([], id="memory-history")
+                    for number in (1, 2):
+                        yield Static("", id=f"memory-label-{number}", classes="memory-label")
+                        yield Sparkline([], id=f"memory-history-{number}", classes="memory-graph")
                 alerts = Static("", id="alerts-panel", classes="panel")
                 alerts.border_title = "alerts"
                 yield alerts
@@ -293,10 +311,13 @@ class MonitorScreen(Screen):
             self.panels_drawn = True
             self._show("#metrics-line", metrics_text(self.history))
             self._show("#device-text", device_text(self.history))
-            memory = memory_series(self.history)[-120:]
-            sparkline = self.query_one("#memory-history", Sparkline)
-            if list(sparkline.data or []) != memory:
-                sparkline.data = memory
+            for number, (label, values) in enumerate(memory_graphs(self.history), start=1):
+                self._show(f"#memory-label-{number}", label)
+                sparkline = self.query_one(f"#memory-history-{number}", Sparkline)
+                if list(sparkline.data or []) != values:
+                    sparkline.data = values
+                for widget in (sparkline, self.query_one(f"#memory-label-{number}")):
+                    widget.set_class(not values, "-empty")
             self._update_alerts()
             self._update_probes()
             unwritten = min(self.history.log_count - self.logged, len(self.history.log))
