@@ -288,3 +288,18 @@ async def test_without_a_gpu_the_graphs_are_host_ram_and_the_trainer_rss():
         assert text_of(app, "#memory-label-1").startswith("host RAM ")
         assert text_of(app, "#memory-label-2").startswith("trainer RSS ")
         assert "trainer RSS" not in text_of(app, "#device-text"), "said once, by the graph's label"
+
+
+async def test_notifications_stack_above_the_event_log_not_over_its_newest_lines():
+    from textual.widgets._toast import Toast
+
+    for size in ((120, 40), (80, 24)):
+        app = LoradeckApp(runs_dir=RUNS, attach_to=RUNS / "demo-finished")
+        async with app.run_test(size=size, notifications=True) as pilot:
+            await pilot.pause(0.3)
+            await pilot.press("s")  # a finished run: the notice says why nothing is saved
+            await wait_until(pilot, lambda: bool(app.screen.query(Toast)))
+            await pilot.pause(0.3)
+            log = app.screen.query_one("#event-log").region
+            for toast in app.screen.query(Toast):
+                assert toast.region.bottom <= log.y, f"{size}: the toast {toast.region} covers the log {log}"
