@@ -27,6 +27,11 @@ async def test_home_d_inspects_the_configured_dataset_and_shows_the_trained_toke
         assert report.format == "alpaca" and report.rows == 125
         summary = str(screen.query_one("#dataset-summary", Static).render())
         assert "alpaca" in summary and "125 train / 24 held out" in summary, "held out as training does: eval_path"
+        await pilot.pause(0.3)
+        drawn = screen.query_one("#dataset-histogram").render().plain.splitlines()
+        counts = [line.split("┤")[0].strip() for line in drawn if "┤" in line]
+        assert counts and all(c.isdigit() for c in counts), f"rows are counted in whole numbers: {counts}"
+        assert int(counts[0]) == max(c for _, _, c in report.histogram(bins=16)), "the top tick is the tallest bar"
         sample = screen.sample_rich  # the Text the sample panel displays
         success = app.theme_variables["success"]
         trained = "".join(sample.plain[s.start:s.end] for s in sample.spans if success in str(s.style))

@@ -15,7 +15,7 @@ from textual.suggester import Suggester
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from tui.format import short_path, theme_rgb
+from tui.format import integer_ticks, short_path, theme_rgb
 
 SEVERITY_VARIABLE = {"error": "error", "warning": "warning", "info": "primary"}
 
@@ -192,6 +192,9 @@ class DatasetScreen(Screen):
         colours = self.app.theme_variables
         plt.bar([x for x, _ in filled], [c for _, c in filled], width=0.9, color=theme_rgb(colours.get("primary")))
         plt.xlim(0, buckets[-1][1] if buckets else self.report.max_length)
+        most = max((c for _, c in filled), default=1)
+        plt.ylim(0, most)
+        plt.yticks(integer_ticks(0, most, 4))  # rows are counted: 0, 28, 56, 84 — never 27.5
         # Explicit ticks: plotext's own choice varies with redraw timing; these name the filled buckets.
         ticks = [x for x, _ in filled] + [self.report.max_length]
         plt.xticks(ticks, [f"{int(x)}" for x in ticks[:-1]] + [f"max {self.report.max_length}"])
