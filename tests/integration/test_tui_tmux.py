@@ -142,9 +142,9 @@ def pane_halves(screen: str, width: int) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blind(tmp_path, default_model_dir):
+def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_six_prompts_blind(tmp_path, default_model_dir):
     """The issue's done-when, on the bundled model: train the demo briefly, open Chat from Home, see base and
-    adapter answer side by side, rate ten held-out prompts blind, read the tally and the preference file; then
+    adapter answer side by side, rate six held-out prompts blind, read the tally and the preference file; then
     `loradeck eval` on the demo config's held-out prompts, the blind verdicts in the report."""
     import json
 
@@ -171,10 +171,10 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         tmux.keys("F2")  # shorter answers keep the test quick: the base model can ramble for 256 tokens
         tmux.wait_for("Generation settings")
         tmux.keys("Tab", "Tab")  # temperature → top-p → max new tokens
-        for key in ("C-u", "6", "4", "Enter"):
+        for key in ("C-u", "4", "8", "Enter"):
             tmux.keys(key)
             time.sleep(0.2)
-        tmux.wait_for("64 new tokens")
+        tmux.wait_for("48 new tokens")
         tmux.keys("What is the capital of Norway?", "Enter")
         tmux.wait_for("2 panes in", timeout=120)  # the timing line appears when both panes are done
         left, right = pane_halves(tmux.screen(), width)
@@ -186,7 +186,7 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         tmux.wait_for("Prompt set")
         tmux.keys("Enter")  # the run directory is offered: its held-out rows
         ratings_file = run_dir / "chat" / "ratings.jsonl"
-        for number in range(1, 11):
+        for number in range(1, 7):
             tmux.wait_for("rate:", "A · left", "B · right", timeout=180)
             screen = tmux.screen()
             assert "A · left — " not in screen, "labels stay hidden until the rating"
@@ -201,13 +201,13 @@ def test_after_the_demo_run_a_user_chats_side_by_side_and_rates_ten_prompts_blin
         screen = tmux.wait_for("demo wins", timeout=30) and tmux.screen()
         ratings = [json.loads(line) for line in ratings_file.read_text().splitlines()]
         wins = sum(1 for r in ratings if r["winner"] == "demo")
-        assert wins >= 8 and {r["left_label"] for r in ratings} == {"base", "demo"}
+        assert wins >= 5 and {r["left_label"] for r in ratings} == {"base", "demo"}
         assert f"demo wins {wins} · base wins 0" in screen
-        if wins >= 9:
+        if wins == 6:  # 6 of 6: the 95% interval of the win rate lies above 50%
             assert "demo is better than base" in screen
         preferences = [json.loads(line) for line in (run_dir / "chat" / "preferences.jsonl").read_text().splitlines()]
         assert len(preferences) == wins and all("ANSWER:" in p["chosen"][0]["content"] for p in preferences)
-        tmux.keys("Escape")  # stops the 11th prompt's answers
+        tmux.keys("Escape")  # stops the 7th prompt's answers
         time.sleep(1.0)
         tmux.keys("Escape")
         tmux.wait_for("Runs")
