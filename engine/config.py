@@ -41,6 +41,8 @@ class ModelSection:
     load_in_4bit: bool = spec(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, double quant). Saves ~70% weight memory, slower steps.")
     dtype: str = spec("auto", "Weights/compute dtype. auto = bf16 where the device computes it natively, else fp32.",
                       choices=("auto", "float32", "bfloat16", "float16"))
+    adapter: str = spec("", "Continue training an existing adapter (a run directory, checkpoint, handoff bundle or "
+                            "PEFT folder) instead of a fresh LoRA; its rank and target modules replace [lora]'s.")
 
 
 @dataclass
@@ -91,6 +93,13 @@ class TrainSection:
                                     "batch_size rows (steady memory, big GPU batches). 0: batch_size rows.",
                                  minimum=0)
     report_to: list[str] = spec([], "Extra loggers passed through to TRL, e.g. [\"tensorboard\"].")
+    method: str = spec("sft", "sft: learn the answers (any data format). dpo: preference optimisation on "
+                              "prompt/chosen/rejected pairs (TRL's DPOTrainer), usually with model.adapter set to "
+                              "the SFT run; the reference is the starting adapter, frozen.", choices=("sft", "dpo"))
+    dpo_beta: float = spec(0.1, "DPO: how far the policy may move from the reference (higher: stays closer).",
+                           minimum=0.0, maximum=10.0)
+    dpo_loss: str = spec("sigmoid", "DPO loss: sigmoid (the paper's), ipo, hinge or robust.",
+                         choices=("sigmoid", "ipo", "hinge", "robust"))
 
 
 @dataclass
@@ -384,6 +393,9 @@ def check_config(config: RunConfig, *, origin: str) -> None:
         raise ConfigError(f"{origin}: train.max_steps = 0 would train nothing — use -1 (epochs) or a positive number")
     if config.train.max_steps < 0 and config.train.epochs <= 0:
         raise ConfigError(f"{origin}: train.epochs must be positive when train.max_steps is -1")
+    if config.train.method == "dpo" and (config.train.packing == "on" or config.train.tokens_per_batch):
+        raise ConfigError(f"{origin}: train.packing = \"on\" and train.tokens_per_batch are for SFT — DPO batches "
+                          "are padded pairs; set train.packing=auto and train.tokens_per_batch=0")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -420,7 +432,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     return config
 
 
-FILE_FIELDS = (("data", "path"), ("data", "eval_path"), ("eval", "format_json_schema"))  # paths to files
+FILE_FIELDS = (("data", "path"), ("data", "eval_path"), ("eval", "format_json_schema"),  # paths to files
+               ("model", "adapter"))
 
 
 def _file_fields(config: RunConfig):

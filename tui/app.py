@@ -64,8 +64,10 @@ class LoradeckApp(App):
 
         self.push_screen(MonitorScreen(run_dir))
 
-    def open_chat(self, adapters: list[str], *, base: str | None = None, load_in_4bit: bool = False) -> None:
-        """Show the chat screen for `adapters` (run dirs, adapter folders, bundles) against their base model."""
+    def open_chat(self, adapters: list[str], *, base: str | None = None, load_in_4bit: bool = False,
+                  rate_again=None) -> None:
+        """Show the chat screen for `adapters` (run dirs, adapter folders, bundles) against their base model
+        (`rate_again`: a DPO run, blind against the adapter it started from)."""
         from engine.chat.generation import ratings_folder
         from engine.models.adapters import base_for, run_dir_of
         from engine.config import load_config
@@ -85,4 +87,4 @@ class LoradeckApp(App):
             return
         self.push_screen(ChatScreen(base, adapters, load_in_4bit=load_in_4bit or run_4bit,
                                     ratings_dir=ratings or self.runs_dir / "chat",
-                                    prompts_source=runs[0] if runs else None))
+                                    prompts_source=runs[0] if runs else None, rate_again=rate_again))

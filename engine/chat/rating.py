@@ -14,11 +14,12 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunError
+from engine.errors import LoradeckError, RunError
 
 VERDICTS = ("left", "right", "tie", "both_bad")
 RATINGS_FILE = "ratings.jsonl"
@@ -185,3 +186,56 @@ def _append(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
+
+
+@dataclass
+class RateAgain:
+    """A DPO run rated again, blind, against the adapter it started from, on the prompts rated before."""
+
+    run: Path  # the DPO run
+    starting: Path  # the adapter it continued: its run directory when it came from one, else the run's copy
+    prompts: list  # PromptItems: the prompts rated before, else the starting run's held-out prompts
+    before: Tally | None  # the starting adapter against the base, from the ratings that fed DPO
+
+
+def rate_again_plan(run_dir: str | Path) -> RateAgain | None:
+    """What "rate again" needs for a DPO run that continued an adapter; None for any other run."""
+    import tomllib
+
+    from engine.data.prompts import PromptItem, held_out_prompts
+    from engine.models.adapters import resolve_adapter, run_dir_of
+
+    run = Path(run_dir)
+    try:
+        config = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    start = str((config.get("model") or {}).get("adapter") or "")
+    if (config.get("train") or {}).get("method") != "dpo" or not start:
+        return None
+    try:
+        starting_adapter = resolve_adapter(start)
+    except LoradeckError:  # moved or deleted since: the run's own copy of it
+        starting_adapter = None
+    if starting_adapter is None and (run / "reference" / "adapter_config.json").is_file():
+        starting_adapter = run / "reference"
+    if starting_adapter is None:
+        return None
+    starting_run = run_dir_of(starting_adapter)
+    rows = RatingLog(starting_run / "chat").rows() if starting_run else []
+    labels = Counter(label for row in rows for label in (row.get("left_label"), row.get("right_label"))
+                     if label and label != "base")
+    before = tally(rows, labels.most_common(1)[0][0], "base") if labels else None
+    prompts, seen = [], set()
+    for row in rows:
+        messages = row.get("prompt")
+        key = json.dumps(messages, sort_keys=True)
+        if isinstance(messages, list) and messages and key not in seen:
+            seen.add(key)
+            prompts.append(PromptItem(messages, None, str(starting_run / "chat" / RATINGS_FILE)))
+    if not prompts and starting_run is not None:
+        try:
+            prompts = held_out_prompts(starting_run)
+        except LoradeckError:  # no held-out prompts: the user types or loads some (F3)
+            prompts = []
+    return RateAgain(run, starting_run or starting_adapter, prompts, before)

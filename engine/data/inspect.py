@@ -81,6 +81,7 @@ class InspectReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     train_on: str = "completions"
+    preference: dict[str, Any] | None = None  # preference data: pairs, identical pairs, length bias (DPO's view)
     conversations: list = field(default_factory=list, repr=False)  # for the sample browser; not in to_dict
 
     def percentiles(self) -> dict[str, int]:
@@ -222,6 +223,10 @@ FINDING_TEXT = {
                      "fine for a multilingual set; otherwise these rows may be noise"),
     "system_varies": ("info", "the system prompt varies between samples",
                       "intended? the model learns each variant; missing system prompts count as one variant"),
+    "identical_pair": ("warning", "preference pairs whose chosen and rejected replies are the same",
+                       "DPO learns nothing from them (and SFT repeats them): remove them"),
+    "unpaired": ("error", "preference rows DPO cannot read",
+                 "train.method=dpo needs a prompt, a chosen and a rejected reply in every row; fix or remove them"),
 }
 
 
@@ -369,6 +374,7 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
     _system_prompts(numbers, conversations, found)
     if mode == "completions":
         _eos_check(tokenizer, samples, found)
+    preference = _preference_view(loaded, system_prompt, tokenizer, found) if loaded.format == "preference" else None
     for sample in samples:
         if sample.truncated:
             found.add("truncated", sample.record_number)
@@ -382,7 +388,9 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
         tokens_trained=sum(s.trained_tokens for s in samples),
         tokens_masked=sum(len(s.input_ids) - s.trained_tokens for s in samples),
         truncated_rows=found.rows.get("truncated", []), untrained_rows=found.rows.get("untrained", []),
-        notes=list(loaded.notes), train_on=mode, conversations=conversations)
+        notes=list(loaded.notes), train_on=mode, preference=preference, conversations=conversations)
+    if preference and preference.get("length_bias_note"):
+        report.notes.append(preference["length_bias_note"])
     for code, (severity, title, advice) in FINDING_TEXT.items():
         rows = sorted(set(found.rows.get(code, [])))
         if rows:
@@ -394,6 +402,24 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
     report.seconds = round(time.monotonic() - started, 3)
     say("done", 1.0)
     return report
+
+
+def _preference_view(loaded: LoadedDataset, system_prompt: str, tokenizer, found: _Collector) -> dict[str, Any]:
+    """What DPO would see in preference data: how many rows pair up, identical pairs, and whether the chosen
+    replies are systematically longer (DPO then learns length)."""
+    from engine.data.preferences import identical_pairs, length_bias, length_bias_note, to_preference_pair
+
+    pairs = []
+    for record in loaded.records:
+        try:
+            pairs.append(to_preference_pair(record, loaded.path, system_prompt))
+        except DataError:
+            found.add("unpaired", record.number)
+    for index in identical_pairs(pairs):
+        found.add("identical_pair", pairs[index].record.number)
+    bias = length_bias(pairs, tokenizer) if pairs else None
+    return {"pairs": len(pairs), "identical": len(found.rows.get("identical_pair", [])),
+            "length_bias": bias, "length_bias_note": length_bias_note(bias, len(pairs))}
 
 
 @dataclass

@@ -28,7 +28,7 @@ FORMAT_REASONS = {
     "messages": "a 'messages' list of {role, content} turns",
     "prompt_completion": "columns prompt + completion",
     "text": "a single 'text' column (plain text, trained on every token)",
-    "preference": "columns chosen + rejected (SFT trains on the chosen answers; rejected ones are ignored)",
+    "preference": "columns chosen + rejected",
 }
 
 OPENAI_REASON = "OpenAI chat format: 'messages' with tool calls, tool results or per-turn weights"
@@ -243,8 +243,8 @@ def load_dataset_file(path: str | Path, data_format: str = "auto") -> LoadedData
         found, reason = data_format, "set in the config (data.format)"
     notes = []
     if found == "preference":
-        notes.append("preference data: SFT trains on the 'chosen' answers and ignores 'rejected' "
-                     "(preference training such as DPO is not what `train` does)")
+        notes.append("preference data: SFT trains on the 'chosen' answers and ignores 'rejected'; "
+                     "train.method=dpo trains on the pairs")
     return LoadedDataset(str(path), records, found, reason, notes)
 
 

@@ -61,3 +61,23 @@ def base_for(adapters: list[str | Path], base: str | None = None, config_base: s
                 return model["name"], bool(model.get("load_in_4bit"))
     return config_base or DEFAULT_MODEL, False
 
+
+def attach_adapter(model, path: str | Path, base_name: str, *, trainable: bool = False):
+    """`model` wrapped with the PEFT adapter behind `path` (as `resolve_adapter` finds it); an adapter that does not
+    fit this base is one ModelError naming both."""
+    import json
+
+    from peft import PeftModel
+
+    folder = resolve_adapter(path)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        try:
+            trained_on = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            trained_on = None
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"adapter '{path}' does not fit base model '{base_name}' (trained on {trained_on!r}): "
+                         f"{detail}") from None
+

@@ -49,8 +49,12 @@ def target_modules(config) -> str | list[str]:
 
 
 def build_peft_model(config, device: str, backend: BackendChoice, progress):
-    """The base model wrapped with a fresh trainable LoRA adapter, and its tokenizer."""
+    """The base model wrapped with a trainable LoRA adapter — fresh, or `model.adapter` continued — and its
+    tokenizer."""
     if backend.name == "unsloth":
+        if config.model.adapter:
+            raise ConfigError("model.adapter (continue an adapter) runs on the transformers backend — set "
+                              "backend.name=transformers")
         return _build_unsloth(config)
     from peft import LoraConfig, get_peft_model
 
@@ -65,6 +69,11 @@ def build_peft_model(config, device: str, backend: BackendChoice, progress):
         # in fp32 internally anyway); checkpointed blocks only need inputs that require grad.
         model.enable_input_require_grads()
     model.config.use_cache = False
+    if config.model.adapter:
+        from engine.models.adapters import attach_adapter
+
+        progress(f"continuing the adapter {config.model.adapter}")
+        return attach_adapter(model, config.model.adapter, config.model.name, trainable=True), tokenizer
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                       target_modules=target_modules(config), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, lora), tokenizer

@@ -91,6 +91,7 @@ class RunHistory:
         self.loading = self.tail.behind() > 0  # until a poll reads to the end of the log
         self.loss, self.eval_loss, self.lr = Series(), Series(), Series()
         self.grad_norm, self.tokens_per_s = Series(), Series()
+        self.reward_margin, self.preference_accuracy = Series(), Series()  # DPO runs
         self.telemetry: deque = deque(maxlen=TELEMETRY_HISTORY)
         self.log: deque = deque(maxlen=500)
         self.log_count = 0  # log lines ever added (the deque forgets the oldest)
@@ -151,6 +152,9 @@ class RunHistory:
             self.lr.add(step, event.get("lr"))
             self.grad_norm.add(step, event.get("grad_norm"))
             self.tokens_per_s.add(step, event.get("tokens_per_s"))
+            if "reward_margin" in event:
+                self.reward_margin.add(step, event.get("reward_margin"))
+                self.preference_accuracy.add(step, event.get("preference_accuracy"))
             self.step_times.append((event.get("ts", time.time()), step))
         elif kind == "eval":
             self.eval_loss.add(step, event.get("eval_loss"))

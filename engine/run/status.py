@@ -136,6 +136,7 @@ class RunSummary:
     model: str | None = None
     dataset: str | None = None
     backend: str | None = None
+    method: str | None = None  # sft or dpo (from model_loaded)
     message: str | None = None
     checkpoints: int = 0
     last_checkpoint: str | None = None
@@ -168,6 +169,8 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
     elif kind == "model_loaded":
         summary.backend = event.get("backend", summary.backend)
         summary.max_steps = event.get("max_steps", summary.max_steps)
+        method = event.get("method")
+        summary.method = method if method in ("sft", "dpo") else summary.method
     elif kind == "step":
         summary.loss = event.get("loss", summary.loss)
         summary.learning_rate = event.get("lr", summary.learning_rate)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from engine.run.control import take_commands
 from engine.train.batches import padding_share
+from engine.train.dpo import dpo_step_fields
 
 if TYPE_CHECKING:
     from engine.train.run import TrainingRun
@@ -119,7 +120,7 @@ def run_directory_callback_class():
                 lr=logs.get("learning_rate"), grad_norm=_finite(logs.get("grad_norm")),
                 epoch=round(state.epoch or 0.0, 4), tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
                 tokens_seen=tokens, padding=padding, mfu=round(mfu, 4) if mfu is not None else None,
-                max_steps=state.max_steps)
+                max_steps=state.max_steps, **dpo_step_fields(logs))
             if self.on_step:
                 self.on_step(event)
             self.save_pending()
@@ -128,7 +129,8 @@ def run_directory_callback_class():
             metrics = metrics or {}
             if "eval_loss" in metrics:
                 self.run.events.emit("eval", step=state.global_step, eval_loss=float(metrics["eval_loss"]),
-                                     seconds=metrics.get("eval_runtime"))
+                                     seconds=metrics.get("eval_runtime"),
+                                     **dpo_step_fields({k.removeprefix("eval_"): v for k, v in metrics.items()}))
 
     return RunDirectoryCallback
 

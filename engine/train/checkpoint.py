@@ -133,7 +133,10 @@ def write_checkpoint(target: Path, *, model, state: dict[str, Any], config_toml:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with building(target) as tmp:
-        model.save_pretrained(str(tmp))
+        adapters = getattr(model, "peft_config", None) or {}
+        # Only the trained adapter: DPO keeps a frozen reference copy beside it ("ref") that is not the result.
+        model.save_pretrained(str(tmp), **({"selected_adapters": ["default"]} if len(adapters) > 1
+                                           and "default" in adapters else {}))
         for name, value in (extra_files or {}).items():
             if isinstance(value, str):
                 (tmp / name).write_text(value, encoding="utf-8")

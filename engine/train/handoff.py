@@ -9,6 +9,7 @@ RUN_DIR/handoff/
   trainer_state.json, scheduler.pt                   Trainer's own resume state
   optimizer.pt, rng_state.pth                        only with session.with_optimizer
   data/train.jsonl, data/eval.jsonl   copies of the training (and eval) file when small enough
+  reference/          a DPO run's starting adapter (its frozen reference), when it continued one
   RESUME.md           the exact command that continues the run
 ```
 
@@ -130,17 +131,36 @@ def resume_instructions(state: dict[str, Any], config: RunConfig, data_files: li
     return "\n".join(lines)
 
 
+REFERENCE_FOLDER = "reference"
+REFERENCE_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def keep_reference_adapter(adapter: Path, run_dir: Path) -> Path:
+    """A private copy of the adapter a run continues (`RUN_DIR/reference/`), so its bundles carry it: a DPO
+    run's reference is that adapter, and a resume elsewhere needs it. Returns the copy."""
+    target = Path(run_dir) / REFERENCE_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    for name in REFERENCE_FILES:
+        shutil.copy2(Path(adapter) / name, target / name)
+    return target
+
+
 def write_handoff(handoff_dir: Path, checkpoint: Path, state: dict[str, Any], config: RunConfig,
-                  data_files: list[DataFile]) -> Path:
+                  data_files: list[DataFile], reference: Path | None = None) -> Path:
     """Atomically replace `handoff_dir` with a bundle made from `checkpoint` (hard links) plus the run's data
-    copies and RESUME.md, its state.json pinning every file."""
-    bundle_config = dataclasses.replace(config, data=dataclasses.replace(config.data))
+    copies, the adapter it continued (`reference`) and RESUME.md, its state.json pinning every file."""
+    bundle_config = dataclasses.replace(config, data=dataclasses.replace(config.data),
+                                        model=dataclasses.replace(config.model))
     links: dict[str, Path] = {}
     for file in data_files:
         if file.bundled_as and file.copy:
             links[file.bundled_as] = Path(file.copy)
             # Relative paths in a config resolve against its folder: the bundle itself.
             setattr(bundle_config.data, file.key, file.bundled_as)
+    if reference is not None:
+        for name in REFERENCE_FILES:
+            links[f"{REFERENCE_FOLDER}/{name}"] = Path(reference) / name
+        bundle_config.model.adapter = REFERENCE_FOLDER
     text = {"config.toml": dumps_config(bundle_config),
             "RESUME.md": resume_instructions(state, config, data_files, handoff_dir.resolve())}
     checkpoint_files = {name: entry for name, entry in read_state(checkpoint)["files"].items() if name not in text}
@@ -152,6 +172,9 @@ def write_handoff(handoff_dir: Path, checkpoint: Path, state: dict[str, Any], co
         for file in data_files:
             if file.bundled_as in links:
                 manifest[file.bundled_as] = {"size": file.size, "sha256": file.sha256}
+        for name in links:
+            if name.startswith(REFERENCE_FOLDER + "/"):
+                manifest[name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
         write_state(folder, state, manifest)
 
     return write_linked_folder(handoff_dir, checkpoint, skip=(STATE_FILE, *text), extra_text=text,
@@ -212,7 +235,22 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
             if sha256_file(Path(value)) != entry["sha256"]:
                 notes.append(f"data.{key} ({value}) differs from the file the run started with: the sample "
                              "order continues by position, not by content")
+    if config.model.adapter and config.model.adapter == original.model.adapter:
+        confine_reference(folder, state, Path(config.model.adapter))
     return Bundle(folder, state, config, notes)
+
+
+def confine_reference(folder: Path, state: dict[str, Any], adapter: Path) -> None:
+    """RunError unless the bundle's starting adapter is the `reference/` it carries, every file pinned: a crafted
+    config.toml must not make a resume load (and the next bundle carry) an adapter from elsewhere."""
+    resolved, root = adapter.resolve(), folder.resolve()
+    pinned = state.get("files") or {}
+    if resolved == (root / REFERENCE_FOLDER).resolve() and \
+            all(f"{REFERENCE_FOLDER}/{name}" in pinned for name in REFERENCE_FILES):
+        return
+    raise RunError(f"{folder}: config.toml points model.adapter at {adapter}, which is not the reference adapter "
+                   "the bundle carries — refusing to load it; pass --set model.adapter=PATH to continue from an "
+                   "adapter of this machine")
 
 
 def confine_bundle_data(folder: Path, state: dict[str, Any], key: str, path: Path,

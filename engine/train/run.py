@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.config import RunConfig, dumps_config
-from engine.errors import LoradeckError, RunError
-from engine.library_output import settle_library_loggers
+from engine.errors import DataError, LoradeckError, RunError
+from engine.library_output import library_stderr, settle_library_loggers
 from engine.run.control import prepare_control_dir
 from engine.run.events import EventWriter
 from engine.run.paths import RunPaths, complete_checkpoints, make_run_dir, private_files
@@ -83,6 +83,7 @@ class TrainingRun:
         self.loss_tail: deque = deque(maxlen=LOSS_TAIL)
         self.train_rows = 0
         self.data_files: list = []
+        self.reference: Path | None = None  # RUN_DIR/reference: the adapter this run continued (bundles carry it)
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
@@ -239,7 +240,7 @@ class TrainingRun:
         state = self.state_dict(reason)
         write_checkpoint(target, model=self.model, state=state, config_toml=dumps_config(self.config),
                          extra_files=self.extra_files())
-        handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files)
+        handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files, self.reference)
         if final:
             write_linked_folder(self.paths.adapter, target)
         self.last_save_bytes = folder_bytes(target)
@@ -487,6 +488,15 @@ def device_peak(device: str) -> tuple[str | None, float | None]:
     return name, dense_peak_flops(name)
 
 
+def adopt_adapter_shape(config: RunConfig, model) -> None:
+    """A continued adapter keeps its own rank, alpha and target modules: `[lora]` is set from it, so the state,
+    bundles and resume checks describe the adapter that actually trains."""
+    lora = model.peft_config["default"]
+    config.lora.r, config.lora.alpha = int(lora.r), int(lora.lora_alpha)
+    targets = lora.target_modules
+    config.lora.target_modules = [targets] if isinstance(targets, str) else sorted(targets)
+
+
 def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     import torch
 
@@ -495,7 +505,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     from engine.models.loading import best_device, dtype_choice
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
-    from engine.train.handoff import resumed_line, snapshot_data_files
+    from engine.models.adapters import resolve_adapter
+    from engine.train.handoff import keep_reference_adapter, resumed_line, snapshot_data_files
 
     config, events = run.config, run.events
     bundle_state = None
@@ -516,21 +527,41 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     if bundle_state is not None:
         check_fingerprint(bundle_state, run.fingerprint)
     run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: the bundles carry what was read
-    data = prepare_data(config.data, tokenizer, config.train.seed)
-    run.train_rows = len(data.train)
-    run.eval_batches = math.ceil(len(data.eval) / config.train.batch_size)
-    for note in data.notes:
-        events.emit("warning", message=note)
+    if config.model.adapter:
+        adopt_adapter_shape(config, model)
+        run.reference = keep_reference_adapter(resolve_adapter(config.model.adapter), run.paths.root)
+    dpo = config.train.method == "dpo"
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
     device_name, run.peak_flops = device_peak(device)
     shape = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     shape = getattr(shape, "get_text_config", lambda: shape)()
     run.model_shape = (total, getattr(shape, "num_hidden_layers", 0), getattr(shape, "hidden_size", 0))
-    packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
-    lengths = [len(sample.input_ids) for sample in data.train]
-    token_plan = None
-    if config.train.tokens_per_batch:
+    token_plan, lengths = None, []
+    if dpo:
+        from engine.data.preferences import load_preference_data
+
+        if not config.data.path:
+            raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
+                            "preferences.jsonl")
+        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
+                                     eval_split=config.data.eval_split, seed=config.train.seed,
+                                     system_prompt=config.data.system_prompt)
+        train_rows, eval_rows, notes = len(pairs.train), len(pairs.eval), pairs.notes
+        data_format = "preference"
+        format_reason = "prompt / chosen / rejected pairs (train.method = dpo)"
+        packed, packing_reason = False, "DPO pairs are padded batches (TRL's preference collator)"
+    else:
+        data = prepare_data(config.data, tokenizer, config.train.seed)
+        train_rows, eval_rows, notes = len(data.train), len(data.eval), data.notes
+        data_format, format_reason = data.format, data.format_reason
+        packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))
+        lengths = [len(sample.input_ids) for sample in data.train]
+    run.train_rows = train_rows
+    run.eval_batches = math.ceil(eval_rows / config.train.batch_size)
+    for note in notes:
+        events.emit("warning", message=note)
+    if config.train.tokens_per_batch and not dpo:
         check_token_budget(config.train.tokens_per_batch, lengths, config.data.max_length)
         if packed:
             token_plan = TokenBudgetPlan(lengths, config.train.tokens_per_batch, config.train.seed)
@@ -538,7 +569,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         else:
             events.emit("warning", kind="packing", message="train.tokens_per_batch needs packed batches: "
                                                            "batch_size rows per micro-batch instead")
-    max_steps = planned_steps(config, len(data.train),
+    max_steps = planned_steps(config, train_rows,
                               batches_per_epoch=len(token_plan.batches(0)) if token_plan else None)
     if config.train.packing == "on" and not packed:
         events.emit("warning", kind="packing", message=packing_reason)
@@ -547,23 +578,43 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                 load_in_4bit=config.model.load_in_4bit, packing=packed, packing_reason=packing_reason,
                 device_name=device_name, peak_flops=run.peak_flops, cuda_allocator=run.cuda_allocator,
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
-                data_format=data.format, format_reason=data.format_reason, train_rows=len(data.train),
-                eval_rows=len(data.eval), max_steps=max_steps,
-                train_tokens=sum(lengths))
-    say(f"{data.format} data: {len(data.train)} train / {len(data.eval)} eval rows; "
-        f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps")
+                data_format=data_format, format_reason=format_reason, train_rows=train_rows,
+                eval_rows=eval_rows, max_steps=max_steps, method=config.train.method,
+                adapter_from=config.model.adapter or None, train_tokens=sum(lengths) if lengths else None)
+    say(f"{data_format} data: {train_rows} train / {eval_rows} eval {'pairs' if dpo else 'rows'}; "
+        f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps"
+        + (f"; DPO (beta {config.train.dpo_beta}, {config.train.dpo_loss} loss)" if dpo else ""))
     say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")
     say(f"batches {'packed' if packed else 'padded'}: {packing_reason}")
     if run.stop.reason:
         events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
         return 0
 
-    sft_config = build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device, torch_dtype, packed)
     callback = run_directory_callback_class()(run, on_step=on_step)
-    trainer = loradeck_trainer_class()(
-        model=model, args=sft_config, train_dataset=to_dataset(data.train),
-        eval_dataset=to_dataset(data.eval) if data.eval else None, processing_class=tokenizer,
-        data_collator=make_collator(tokenizer.pad_token_id, packed=packed), callbacks=[callback])
+    if dpo:
+        from engine.train.dpo import build_dpo_config, loradeck_dpo_trainer_class, to_preference_dataset
+
+        with library_stderr():  # TRL tokenizes the pairs with datasets' map: its messages go to the run's log
+            trainer = loradeck_dpo_trainer_class()(
+                model=model, args=build_dpo_config(config, run.paths.root / "trainer", bool(pairs.eval), device,
+                                                   torch_dtype),
+                train_dataset=to_preference_dataset(pairs.train),
+                eval_dataset=to_preference_dataset(pairs.eval) if pairs.eval else None,
+                processing_class=tokenizer, callbacks=[callback])
+        kept = len(trainer.train_dataset)
+        if kept < train_rows:
+            events.emit("warning", message=f"{train_rows - kept} pair(s) dropped: their prompt alone fills "
+                                           f"data.max_length={config.data.max_length} (raise it)")
+        if kept == 0:
+            raise DataError(f"{config.data.path}: every pair's prompt fills data.max_length="
+                            f"{config.data.max_length} — raise data.max_length")
+    else:
+        trainer = loradeck_trainer_class()(
+            model=model, args=build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device,
+                                               torch_dtype, packed),
+            train_dataset=to_dataset(data.train), eval_dataset=to_dataset(data.eval) if data.eval else None,
+            processing_class=tokenizer, data_collator=make_collator(tokenizer.pad_token_id, packed=packed),
+            callbacks=[callback])
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for noisy in (PrinterCallback, ProgressCallback):  # our events and progress line replace them
@@ -574,7 +625,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name)
     if token_plan is not None:
         trainer.loradeck_token_plan = token_plan
-    elif config.train.group_by_length:
+    elif config.train.group_by_length and lengths:
         trainer.loradeck_lengths = lengths
     if bundle_state is not None:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
@@ -603,7 +654,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     step = trainer.state.global_step
     reason = run.stop.reason or "completed"
-    if data.eval and config.train.eval_every == 0 and reason == "completed" and run.has_time_for(run.eval_batches):
+    if eval_rows and config.train.eval_every == 0 and reason == "completed" and run.has_time_for(run.eval_batches):
         trainer.evaluate()  # the callback's on_evaluate writes the eval event
     run.save(reason if reason != "completed" else "final", final=True)
     message = {"completed": f"trained {step} steps",

@@ -18,18 +18,11 @@ class _EvalInterrupted(Exception):
     """Raised inside eval when the run must stop; never escapes the trainer."""
 
 
-def loradeck_trainer_class():
-    """`LoradeckSFTTrainer`, built on first use (TRL is imported only inside a training process)."""
-    from trl import SFTTrainer
+def trainer_mixin():
+    """`LoradeckTrainerMixin`: what every loradeck trainer (SFT, DPO) adds to TRL's — a seed-determined data order,
+    the padded-token count, eval that a stop interrupts, and a LR schedule that continues across a resume."""
 
-    class LoradeckSFTTrainer(SFTTrainer):
-        """SFTTrainer with a seed-determined data order and the model's own loss.
-
-        TRL computes its loss through a fused log-prob head that also feeds entropy
-        and token-accuracy metrics; the model's own cross-entropy is the same loss
-        without that per-step overhead (see bench/train_throughput.py).
-        """
-
+    class LoradeckTrainerMixin:
         loradeck_run: TrainingRun | None = None
         loradeck_lengths: list[int] | None = None  # token count per training row: batches grouped by length
         loradeck_batch_tokens = 0  # tokens in the padded training batches so far (padding included)
@@ -48,23 +41,6 @@ def loradeck_trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.loradeck_batch_tokens += inputs["input_ids"].numel()  # shape only: no device sync
             return super().training_step(model, inputs, num_items_in_batch)
-
-        loradeck_chunked_loss = False  # the run turns it on for the transformers backend
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            from transformers import Trainer
-
-            from engine.models.parts import chunked_loss_parts
-            from engine.train.loss import chunked_causal_lm_loss
-
-            parts = chunked_loss_parts(self.accelerator.unwrap_model(model)) if self.loradeck_chunked_loss else None
-            if parts is None or "labels" not in inputs or (return_outputs and not self.args.prediction_loss_only):
-                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
-            loss = chunked_causal_lm_loss(*parts, inputs, num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales a summed loss
-            return (loss, {"loss": loss}) if return_outputs else loss
 
         def prediction_step(self, *args, **kwargs):
             if self.loradeck_run is not None and self.loradeck_run.stop.reason:
@@ -116,6 +92,38 @@ def loradeck_trainer_class():
                 (lambda current, scale=lr / base if base else 0.0: scale * shape(current - step))
                 for lr, base in zip(reached, self.lr_scheduler.base_lrs)]
 
+    return LoradeckTrainerMixin
+
+
+def loradeck_trainer_class():
+    """`LoradeckSFTTrainer`, built on first use (TRL is imported only inside a training process)."""
+    from trl import SFTTrainer
+
+    class LoradeckSFTTrainer(trainer_mixin(), SFTTrainer):
+        """SFTTrainer with loradeck's mixin and the model's own loss.
+
+        TRL computes its loss through a fused log-prob head that also feeds entropy
+        and token-accuracy metrics; the model's own cross-entropy is the same loss
+        without that per-step overhead (see bench/train_throughput.py).
+        """
+
+        loradeck_chunked_loss = False  # the run turns it on for the transformers backend
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from transformers import Trainer
+
+            from engine.models.parts import chunked_loss_parts
+            from engine.train.loss import chunked_causal_lm_loss
+
+            parts = chunked_loss_parts(self.accelerator.unwrap_model(model)) if self.loradeck_chunked_loss else None
+            if parts is None or "labels" not in inputs or (return_outputs and not self.args.prediction_loss_only):
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            loss = chunked_causal_lm_loss(*parts, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales a summed loss
+            return (loss, {"loss": loss}) if return_outputs else loss
+
     return LoradeckSFTTrainer
 
 
@@ -141,14 +149,12 @@ def planned_batches_class():
     return PlannedBatches
 
 
-def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype,
-                     packed: bool = False):
-    """SFTConfig with defaults chosen for the device, not TRL's GPU defaults."""
+def common_training_args(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype) -> dict:
+    """The TrainingArguments every method shares, chosen for the device rather than TRL's GPU defaults."""
     import torch
-    from trl import SFTConfig
 
     report_to = list(config.train.report_to) or "none"
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.train.batch_size,
         per_device_eval_batch_size=config.train.batch_size,
@@ -174,13 +180,23 @@ def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device
         data_seed=config.train.seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
         max_length=config.data.max_length,
-        # A packed batch has no padding (and no attention mask to find it by): every token is real.
-        include_num_input_tokens_seen="all" if packed else "non_padding",
         disable_tqdm=True,
         use_cpu=device == "cpu",
         save_only_model=True,
+    )
+
+
+def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype,
+                     packed: bool = False):
+    """SFTConfig with defaults chosen for the device, not TRL's GPU defaults."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_training_args(config, output_dir, has_eval, device, torch_dtype),
+        dataset_kwargs={"skip_prepare_dataset": True},
+        # A packed batch has no padding (and no attention mask to find it by): every token is real.
+        include_num_input_tokens_seen="all" if packed else "non_padding",
         prediction_loss_only=True,  # eval reports its loss only: no logits gathered over the vocabulary
     )
 

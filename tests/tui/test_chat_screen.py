@@ -153,3 +153,42 @@ def test_a_killed_worker_is_reported_and_restarted_and_the_screen_keeps_working(
             assert all(pane.messages[-1]["role"] == "assistant" for pane in screen.panes)
         assert screen.client.process.poll() is not None, "leaving the app stops the worker"
     asyncio.run(scenario())
+
+
+def test_t_on_a_dpo_run_rates_it_again_blind_against_its_starting_adapter_on_the_prompts_rated_before(
+        chatty_model_dir, tmp_path):
+    import tomli_w
+
+    from engine.chat.rating import RatingLog
+    from tests.tui.pilot_helpers import select_run
+
+    runs = tmp_path / "runs"
+    sft = fake_run_with_adapter(chatty_model_dir, runs / "sft")
+    earlier = RatingLog(sft / "chat")
+    for number, verdict in enumerate(("left", "left", "right")):
+        earlier.record([{"role": "user", "content": f"Question {number}?"}], ("sft", "x"), ("base", "y"), verdict)
+    dpo = fake_run_with_adapter(chatty_model_dir, runs / "dpo", seed=5)
+    (dpo / "config.toml").write_text(tomli_w.dumps({"model": {"name": str(chatty_model_dir), "adapter": str(sft)},
+                                                    "train": {"method": "dpo"}}))
+
+    async def scenario():
+        app = LoradeckApp(runs)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await select_run(pilot, app, "dpo")
+            await pilot.press("t")  # one key
+            screen = await open_chat(pilot, app)
+            assert screen.labels == ["base", "dpo", "sft"] and screen.blind
+            assert screen._blind_pair() == ("dpo", "sft"), "the DPO adapter against the one it started from"
+            assert [item.text for item in screen.prompt_set] == ["Question 0?", "Question 1?", "Question 2?"]
+            await wait_until(pilot, lambda: screen.round is not None and not screen.generating)
+            tally_text = str(screen.query_one("#chat-tally", Static).render())
+            assert "before DPO (sft vs base): sft wins 2 · base wins 1" in tally_text
+            await pilot.press("a")
+            await wait_until(pilot, lambda: (dpo / "chat" / "ratings.jsonl").is_file())
+            row = json.loads((dpo / "chat" / "ratings.jsonl").read_text().splitlines()[0])
+            assert {row["left_label"], row["right_label"]} == {"dpo", "sft"} and row["prompt"][-1]["content"] == \
+                "Question 0?"
+            tally_text = str(screen.query_one("#chat-tally", Static).render())
+            assert "now:" in tally_text and ("dpo wins 1" in tally_text or "sft wins 1" in tally_text)
+
+    asyncio.run(scenario())

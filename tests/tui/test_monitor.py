@@ -303,3 +303,25 @@ async def test_notifications_stack_above_the_event_log_not_over_its_newest_lines
             log = app.screen.query_one("#event-log").region
             for toast in app.screen.query(Toast):
                 assert toast.region.bottom <= log.y, f"{size}: the toast {toast.region} covers the log {log}"
+
+
+async def test_a_dpo_run_plots_its_reward_margin_and_accuracy_beside_the_loss(tmp_path):
+    run_dir = live_run(tmp_path, "dpo")
+    append(run_dir, {"type": "model_loaded", "backend": "transformers", "device": "cpu", "max_steps": 10,
+                     "train_rows": 40, "data_format": "preference", "method": "dpo"},
+           *({"type": "step", "step": s, "loss": 0.69 - s / 40, "lr": 5e-5, "max_steps": 10,
+              "reward_margin": s / 10, "preference_accuracy": min(1.0, 0.5 + s / 10)} for s in range(1, 7)))
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: len(app.screen.history.reward_margin) == 6)
+        await pilot.pause(MonitorScreen.PLOT_EVERY_SECONDS + 0.3)
+        assert "margin 0.6" in text_of(app, "#metrics-line") and "acc 100%" in text_of(app, "#metrics-line")
+        plot = app.screen.query_one("#loss-plot")
+        assert plot.border_title.startswith("DPO loss, reward margin, accuracy")
+        drawn = plot.render().plain
+        assert "reward margin" in drawn and "preference accuracy" in drawn, "both curves are in the legend"
+        assert app.screen.history.summary.method == "dpo"
+        await pilot.press("escape")  # Home names the method beside the model
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#runs-table")
+        assert str(table.get_row_at(0)[7]).endswith("· DPO")

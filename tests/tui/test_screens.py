@@ -63,6 +63,16 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
             "the message under the field does not repeat its key"
         status = str(screen.query_one("#form-status", Static).render())
         assert "fix" in status and "learning rate: expected a number" in status, "the summary names the field"
+        adapter = screen.query_one("#field-model-adapter", Input)
+        adapter.value = str(tmp_path / "nowhere")
+        await pilot.pause(0.1)
+        assert "no such folder" in str(screen.query_one("#field-model-adapter-error", Static).render())
+        (tmp_path / "sft-adapter").mkdir()
+        (tmp_path / "sft-adapter" / "adapter_config.json").write_text("{}")
+        adapter.value = str(tmp_path / "sft-adapter")
+        from textual.widgets import Select
+
+        screen.query_one("#field-train-method", Select).value = "dpo"
         lr.value = "1e-4"
         screen.query_one("#field-lora-r", Input).value = "8"
         screen.query_one("#field-model-load_in_4bit", Switch).value = True
@@ -75,6 +85,7 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
         saved = load_config(target)
         assert (saved.train.learning_rate, saved.lora.r, saved.model.load_in_4bit, saved.session.budget) == \
             (1e-4, 8, True, "2h")
+        assert saved.train.method == "dpo" and saved.model.adapter == str(tmp_path / "sft-adapter")
         assert saved.data.path.endswith("demo_train.jsonl")
         import tomllib
 

@@ -67,8 +67,14 @@ def format_inspect_report(report, width: int = 80) -> list[str]:
              f"template   {report.model}, max_length {report.max_length}",
              f"tokens     {report.tokens_trained:,} trained{share}, {report.tokens_masked:,} masked",
              "lengths    " + "  ".join(f"{k} {v:,}" for k, v in percentiles.items()),
-             f"truncated  {len(report.truncated_rows):,} samples longer than max_length",
-             "", "token lengths after the chat template:"]
+             f"truncated  {len(report.truncated_rows):,} samples longer than max_length"]
+    if report.preference is not None:
+        pairs, bias = report.preference, report.preference.get("length_bias")
+        lengths = (f"; chosen {bias['chosen_mean']:.0f} vs rejected {bias['rejected_mean']:.0f} {bias['unit']} on "
+                   f"average, chosen longer in {bias['chosen_longer']:.0%}") if bias else ""
+        lines += textwrap.wrap(f"pairs      {pairs['pairs']:,} for DPO, {pairs['identical']:,} identical{lengths}",
+                               width, subsequent_indent=" " * 11)
+    lines += ["", "token lengths after the chat template:"]
     histogram = report.histogram()
     peak = max((count for _, _, count in histogram), default=0) or 1
     bar_room = width - 32

@@ -206,8 +206,9 @@ class ChatScreen(Screen):
 
     def __init__(self, base: str, adapters: list[str] = (), *, load_in_4bit: bool = False,
                  ratings_dir: Path | None = None, prompts_source: Path | None = None,
-                 client_factory=ChatWorkerClient):
+                 client_factory=ChatWorkerClient, rate_again=None):
         super().__init__()
+        self.rate_again = rate_again  # a RateAgain: blind, the DPO adapter against the one it started from
         self.base = base
         self.adapters = [str(a) for a in adapters]
         self.load_in_4bit = load_in_4bit
@@ -300,11 +301,21 @@ class ChatScreen(Screen):
                 "When both answers are in: ←/a left better · →/b right better · t tie · x both bad.")
 
     def _blind_pair(self) -> tuple[str, str] | None:
-        """(challenger, reference): the first adapter against the base."""
+        """(challenger, reference): the first adapter against the base — or, rating a DPO run again, against the
+        adapter it started from (the second)."""
         adapters = [label for label in self.labels if label != BASE_LABEL]
         if not adapters:
             return None
+        if self.rate_again is not None and len(adapters) >= 2:
+            return adapters[0], adapters[1]
         return adapters[0], BASE_LABEL
+
+    def _start_rating_again(self) -> None:
+        """One key from Home: blind mode on, the prompts rated before loaded, the first one asked."""
+        self.action_toggle_blind()
+        if self.rate_again.prompts:
+            self.prompt_set, self.prompt_index = list(self.rate_again.prompts), 0
+            self.action_next_prompt()
 
     # --------------------------------------------------------------- worker events
     def _on_worker_event(self, event: dict) -> None:
@@ -326,6 +337,8 @@ class ChatScreen(Screen):
             self._build_panes()
             self._set_input_ready()
             self._update_tally()
+            if self.rate_again is not None and not self.blind:
+                self._start_rating_again()
         elif kind == "adapter":
             self.labels.append(event["label"])
             self.memory = event.get("memory") or self.memory
@@ -441,7 +454,11 @@ class ChatScreen(Screen):
         if self.round and self.round.answers and not self.round.verdict:
             waiting = "[b]rate:[/b] ←/a left better · →/b right better · t tie · x both bad\n"
         reveal = f"[$text-muted]{self.last_reveal}[/]\n" if self.last_reveal else ""
-        widget.update(f"{waiting}{reveal}[b]tally:[/b] {result.summary()}\n"
+        before = ""
+        if self.rate_again is not None and self.rate_again.before is not None:
+            before = (f"[b]before DPO[/b] ({self.rate_again.before.challenger} vs base): "
+                      f"{self.rate_again.before.summary()}\n[b]now:[/b] ")
+        widget.update(f"{waiting}{reveal}{before}[b]tally:[/b] {result.summary()}\n"
                       f"[$text-muted]saved to {self.ratings.ratings_path} (+ preferences.jsonl for DPO)[/]")
 
     def _set_input_ready(self) -> None:

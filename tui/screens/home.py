@@ -18,6 +18,12 @@ from tui.format import format_duration, format_number, short_path
 RUN_COLUMNS = ("", "run", "status", "step", "loss", "eval", "time left", "model", "last report")
 
 
+def model_label(run) -> str:
+    """The runs table's model column: the base, and the method when it is not plain SFT."""
+    model = run.model or "—"
+    return f"{model} · DPO" if run.method == "dpo" else model
+
+
 class HomeScreen(Screen):
     """Runs table plus the configured model and dataset."""
 
@@ -128,7 +134,7 @@ class HomeScreen(Screen):
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
             mark = "●" if run.path in self.marked else " "
             table.add_row(mark, run.run_id, self._status_text(run.status), steps, format_number(run.loss),
-                          format_number(run.eval_loss), format_duration(history.time_left(now)), run.model or "—",
+                          format_number(run.eval_loss), format_duration(history.time_left(now)), model_label(run),
                           self._headline(run.path), key=run.path)
         if histories:
             table.move_cursor(row=min(cursor, len(histories) - 1))
@@ -221,7 +227,9 @@ class HomeScreen(Screen):
                                            config.data.max_length, split))
 
     def action_chat(self) -> None:
-        """Chat with the selected run's adapter beside its base model (the base alone when it has none yet)."""
+        """Chat with the selected run's adapter beside its base model (the base alone when it has none yet); a DPO
+        run is rated again, blind, against the adapter it started from."""
+        from engine.chat.rating import rate_again_plan
         from engine.models.adapters import resolve_adapter
         from engine.errors import LoradeckError
 
@@ -233,6 +241,10 @@ class HomeScreen(Screen):
                 adapters = [run]
             except LoradeckError:
                 self.notify(f"{Path(run).name} has no adapter yet: chatting with the base model", title="chat")
+        plan = rate_again_plan(run) if adapters else None
+        if plan is not None:
+            self.app.open_chat([run, str(plan.starting)], rate_again=plan)
+            return
         self.app.open_chat(adapters)
 
     def action_eval_report(self) -> None:

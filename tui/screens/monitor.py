@@ -104,6 +104,9 @@ def metrics_text(history: RunHistory) -> str:
              f"lr {f'{lr:.2e}' if lr is not None else '—'}", f"grad {format_number(history.grad_norm.last(), 3)}",
              f"{format_number(history.tokens_per_s.last(), 4)} tok/s",
              f"pad {format_share(history.summary.padding)}"]
+    if len(history.reward_margin):
+        parts[2:2] = [f"margin [b]{format_number(history.reward_margin.last(), 3)}[/b]",
+                      f"acc {format_share(history.preference_accuracy.last())}"]
     return GAP.join(parts)
 
 
@@ -403,12 +406,21 @@ class MonitorScreen(Screen):
         eval_steps, eval_values = evals.downsampled(limit, first_step)
         if eval_steps:
             plt.scatter(eval_steps, eval_values, label="eval", marker="dot", color=theme_rgb(colours.get("accent")))
+        margin, accuracy = self.history.reward_margin, self.history.preference_accuracy
+        if len(margin):  # a DPO run: what it optimises, on the right-hand axis
+            margin_x, margin_y = margin.downsampled(limit, first_step)
+            plt.plot(margin_x, margin_y, label="reward margin →", marker="braille", yside="right",
+                     color=theme_rgb(colours.get("success")))
+            accuracy_x, accuracy_y = accuracy.downsampled(limit, first_step)
+            plt.plot(accuracy_x, accuracy_y, label="preference accuracy →", marker="braille", yside="right",
+                     color=theme_rgb(colours.get("warning")))
         shown = [*before_x, *xs, *eval_steps]
         if shown:
             ticks = integer_ticks(min(shown), max(shown))
             plt.xticks(ticks, [str(t) for t in ticks])
         plt.xlabel("step")
-        plot_widget.border_title = "loss · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
+        what = "DPO loss, reward margin, accuracy" if len(margin) else "loss"
+        plot_widget.border_title = f"{what} · " + (f"last {zoom} steps" if zoom else "all steps") + " (z: zoom)"
         plot_widget.refresh()
 
     def action_zoom(self) -> None:

@@ -20,6 +20,8 @@ from tui.settings import remember_form_config, remembered_form_config
 # (dotted key, label) in form order; choices come from the config model itself.
 FORM_FIELDS = (
     ("model.name", "model"),
+    ("train.method", "method"),
+    ("model.adapter", "start from adapter"),
     ("data.path", "dataset"),
     ("model.load_in_4bit", "4-bit (QLoRA)"),
     ("lora.r", "LoRA rank r"),
@@ -60,18 +62,26 @@ def validate_field(config: RunConfig, key: str, text) -> str | None:
         return str(exc).removeprefix(f"{origin}: ").removeprefix(f"{key}: ")
     if key == "data.path" and text and not Path(str(text)).expanduser().exists():
         return "no such file — give a .jsonl/.json/.csv/.parquet path"
+    if key == "model.adapter" and text:
+        from engine.models.adapters import resolve_adapter
+
+        try:
+            resolve_adapter(str(text))
+        except LoradeckError as exc:
+            return str(exc).split(": ", 1)[-1]
     return None
 
 
 def shown_text(key: str, value) -> str:
     """A field's value as the form's text box shows it."""
-    return short_path(value) if key == "data.path" and value else str(value)
+    return short_path(value) if key in ("data.path", "model.adapter") and value else str(value)
 
 
 FIELD_PLACEHOLDERS = {  # what an empty field means, and what goes in it
     "session.budget": "e.g. 9h30m or 12h (empty: no session clock)",
     "session.deadline": "e.g. 2026-11-28T18:00 (empty: none)",
     "data.eval_path": "empty: hold out data.eval_split of the rows",
+    "model.adapter": "empty: a fresh LoRA (a run dir, checkpoint or bundle continues it)",
 }
 
 
