@@ -517,6 +517,17 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     device = best_device()
     backend = choose_backend(config.backend.name, device)
     torch.manual_seed(config.train.seed)
+    run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: the bundles carry what was read
+    dpo = config.train.method == "dpo"
+    if dpo:  # read (and refuse) the pairs before spending minutes loading a model
+        from engine.data.preferences import load_preference_data
+
+        if not config.data.path:
+            raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
+                            "preferences.jsonl")
+        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
+                                     eval_split=config.data.eval_split, seed=config.train.seed,
+                                     system_prompt=config.data.system_prompt)
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
     model, tokenizer = build_peft_model(config, device, backend, say)
@@ -526,11 +537,9 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.fingerprint = base_fingerprint(model, config.model.name)
     if bundle_state is not None:
         check_fingerprint(bundle_state, run.fingerprint)
-    run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: the bundles carry what was read
     if config.model.adapter:
         adopt_adapter_shape(config, model)
         run.reference = keep_reference_adapter(resolve_adapter(config.model.adapter), run.paths.root)
-    dpo = config.train.method == "dpo"
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
     device_name, run.peak_flops = device_peak(device)
@@ -539,14 +548,6 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.model_shape = (total, getattr(shape, "num_hidden_layers", 0), getattr(shape, "hidden_size", 0))
     token_plan, lengths = None, []
     if dpo:
-        from engine.data.preferences import load_preference_data
-
-        if not config.data.path:
-            raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
-                            "preferences.jsonl")
-        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
-                                     eval_split=config.data.eval_split, seed=config.train.seed,
-                                     system_prompt=config.data.system_prompt)
         train_rows, eval_rows, notes = len(pairs.train), len(pairs.eval), pairs.notes
         data_format = "preference"
         format_reason = "prompt / chosen / rejected pairs (train.method = dpo)"

@@ -93,6 +93,11 @@ def test_bad_config_and_bad_data_are_one_line_errors(tiny_model_dir, tmp_path):
     assert "bad.jsonl:2: invalid JSON" in error["message"]
     status = loradeck("status", str(tmp_path / "run"))
     assert "[failed]" in status.stdout and "bad.jsonl:2" in status.stdout
+    result = loradeck("train", DEMO, "--run-dir", str(tmp_path / "dpo"), "--foreground",
+                      *tiny_sets(tiny_model_dir, "train.method=dpo"))  # SFT rows are not preference pairs
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "needs preference pairs" in result.stderr
+    assert "loading" not in result.stdout, "refused before any model is loaded"
 
 
 def test_run_directories_that_cannot_be_made_or_saved_into_are_refused_in_one_line(tiny_model_dir, tmp_path):

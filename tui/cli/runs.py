@@ -106,7 +106,15 @@ def _print_step(event: dict) -> None:
              f"lr {event['lr']:.2e}" if isinstance(event.get("lr"), float) else "lr —",
              f"{event['tokens_per_s']:.0f} tok/s" if event.get("tokens_per_s") else "",
              f"epoch {event.get('epoch', 0):.2f}"]
+    if "reward_margin" in event:  # a DPO run: what it optimises
+        parts[2:2] = [f"margin {format_number(event['reward_margin'], 3)}",
+                      f"acc {format_number(100 * (event.get('preference_accuracy') or 0), 3)}%"]
     print("  ".join(p for p in parts if p), flush=True)
+
+
+def _foreground_line(message: str) -> None:
+    """A foreground run's progress line on stdout; its one-line error on stderr, as every command's."""
+    print(message, flush=True, file=sys.stderr if message.startswith("error: ") else sys.stdout)
 
 
 def _start_training(args, config, paths, resume_from: Path | None = None) -> int:
@@ -121,7 +129,7 @@ def _start_training(args, config, paths, resume_from: Path | None = None) -> int
         leave_bitsandbytes_unimported(config.model.load_in_4bit)
         print(f"run directory: {paths.root}", flush=True)
         return run_training(paths.root, config, resume_from=resume_from, on_step=_print_step,
-                            run_class=run_class_for(config), progress=lambda message: print(message, flush=True))
+                            run_class=run_class_for(config), progress=_foreground_line)
     pid = launch_detached(paths.root, resume_from=resume_from)
     print(f"{'resuming' if resume_from else 'training started'} (pid {pid}) in {paths.root}\n"
           f"  watch:   loradeck attach {paths.root}\n"
