@@ -123,6 +123,20 @@ def longest_batch(samples, batch_size: int, pad_token_id: int):
     return make_collator(pad_token_id)([{"input_ids": s.input_ids, "labels": s.labels} for s in longest])
 
 
+def dpo_samples(config, tokenizer) -> list:
+    """Every chosen and every rejected conversation of the preference pairs, tokenized as training renders them:
+    a DPO batch holds both halves of each pair."""
+    from engine.data.preferences import load_preference_data
+    from engine.data.readers import Conversation
+    from engine.data.tokenize import tokenize_conversations
+
+    pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path, eval_split=config.data.eval_split,
+                                 seed=config.train.seed, system_prompt=config.data.system_prompt).train
+    conversations = [Conversation(pair.prompt + getattr(pair, side), None, pair.tools, pair.record)
+                     for pair in pairs for side in ("chosen", "rejected")]
+    return tokenize_conversations(tokenizer, conversations, config.data.max_length, "completions")
+
+
 def run_preflight(config, *, measure: bool = True, progress=lambda message: None) -> PreflightReport:
     """Estimate and (unless `measure` is False) measure the memory a run needs, with a verdict."""
     import torch
@@ -138,18 +152,20 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     progress(f"loading {config.model.name} on {device}")
     backend = choose_backend(config.backend.name, device)
     model, tokenizer = build_peft_model(config, device, backend, progress)
-    data = prepare_data(config.data, tokenizer, config.train.seed)
+    dpo = config.train.method == "dpo"
+    samples = dpo_samples(config, tokenizer) if dpo else prepare_data(config.data, tokenizer, config.train.seed).train
     trainable, total = model.get_nb_trainable_parameters()
-    batch = longest_batch(data.train, config.train.batch_size, tokenizer.pad_token_id)
+    rows = config.train.batch_size * (2 if dpo else 1)  # DPO: each pair's chosen and rejected in one batch
+    batch = longest_batch(samples, rows, tokenizer.pad_token_id)
     tokens = batch["input_ids"].shape[1]
     weights, lora, activations = estimate_memory(
-        model.config, trainable, total, dtype, config.model.load_in_4bit, config.train.batch_size, tokens,
+        model.config, trainable, total, dtype, config.model.load_in_4bit, rows, tokens,
         config.train.gradient_checkpointing)
     estimate = weights + lora + activations
     available = _available(device)
     measured = reserved = None
     if measure:
-        progress(f"probing one forward + backward on the longest batch ({config.train.batch_size} x {tokens} tokens)")
+        progress(f"probing one forward + backward on the longest batch ({rows} x {tokens} tokens)")
         if config.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -178,8 +194,8 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     reasons = [f"needs {need / 1e9:.2f} GB ({'measured' if measured is not None else 'estimated'}) of "
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
                f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW "
-               f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {config.train.batch_size} x "
-               f"{tokens} tokens"]
+               f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {rows} x {tokens} tokens"
+               + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else "")]
     if reserved is not None:
         reasons.append(f"the CUDA allocator reserved {reserved / 1e9:.2f} GB for it: {(available - reserved) / 1e9:.2f}"
                        " GB headroom left")
@@ -193,7 +209,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
             suggestions.append("train.gradient_checkpointing=true (~30% slower, far fewer activations)")
         if not config.model.load_in_4bit:
             suggestions.append("model.load_in_4bit=true (QLoRA: weights ~4x smaller)")
-        lengths = sorted(len(s.input_ids) for s in data.train)
+        lengths = sorted(len(s.input_ids) for s in samples)
         p95 = lengths[int(0.95 * (len(lengths) - 1))]
         if p95 < tokens:
             suggestions.append(f"data.max_length={p95} (covers 95% of samples untruncated)")

@@ -150,3 +150,12 @@ def test_dpo_refuses_sft_data_and_sft_only_settings_in_one_line(small_model_dir,
     with pytest.raises(ConfigError) as error:
         load_config(None, ["train.method=dpo", "train.packing=on"])
     assert "DPO batches are padded pairs" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_preflight_counts_both_halves_of_each_pair(small_model_dir, small_run, tmp_path):
+    from engine.train.preflight import run_preflight
+
+    config = dpo_config(small_model_dir, rated_preferences(tmp_path / "chat"), f"model.adapter={small_run}")
+    report = run_preflight(config, measure=True)
+    assert "for 4 x " in report.reasons[1] and "DPO: chosen and rejected" in report.reasons[1], report.reasons
+    assert report.measured_peak_bytes and report.verdict == "fits"
