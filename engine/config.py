@@ -117,6 +117,13 @@ class SessionSection:
 
 
 @dataclass
+class DistributedSection:
+    processes: int = spec(1, "Training processes (DistributedDataParallel through accelerate; one per GPU). 0: one "
+                             "per visible GPU. On a CPU, processes share its cores (gloo): useful for tests.",
+                          minimum=0, maximum=64)
+
+
+@dataclass
 class BackendSection:
     name: str = spec("auto", "Training backend: auto uses unsloth when CUDA and the package are present.",
                      choices=("auto", "transformers", "unsloth"))
@@ -152,6 +159,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     session: SessionSection = field(default_factory=SessionSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
     backend: BackendSection = field(default_factory=BackendSection)
     probe: ProbeSection = field(default_factory=ProbeSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -393,6 +401,9 @@ def check_config(config: RunConfig, *, origin: str) -> None:
         raise ConfigError(f"{origin}: train.max_steps = 0 would train nothing — use -1 (epochs) or a positive number")
     if config.train.max_steps < 0 and config.train.epochs <= 0:
         raise ConfigError(f"{origin}: train.epochs must be positive when train.max_steps is -1")
+    if config.distributed.processes != 1 and config.train.tokens_per_batch:
+        raise ConfigError(f"{origin}: train.tokens_per_batch plans batches for one process — set it to 0 with "
+                          "distributed.processes other than 1")
     if config.train.method == "dpo" and (config.train.packing == "on" or config.train.tokens_per_batch):
         raise ConfigError(f"{origin}: train.packing = \"on\" and train.tokens_per_batch are for SFT — DPO batches "
                           "are padded pairs; set train.packing=auto and train.tokens_per_batch=0")

@@ -27,8 +27,9 @@ class EventWriter:
     """
 
     def __init__(self, path: str | Path, observer: Callable[[dict[str, Any], int], None] | None = None,
-                 on_full: Callable[[], bool] | None = None):
+                 on_full: Callable[[], bool] | None = None, common: dict[str, Any] | None = None):
         self.path = Path(path)
+        self.common = dict(common or {})  # fields every event carries (world_size of a multi-process run)
         self._descriptor: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.offset = os.fstat(self._descriptor).st_size
         self.observer = observer
@@ -36,7 +37,7 @@ class EventWriter:
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Append one event as one whole line, so a reader never sees part of it."""
-        event = {"v": SCHEMA_VERSION, "ts": round(time.time(), 3), "type": event_type, **fields}
+        event = {"v": SCHEMA_VERSION, "ts": round(time.time(), 3), "type": event_type, **self.common, **fields}
         line = (json.dumps(event, separators=(",", ":"), default=_jsonable) + "\n").encode()
         try:
             self._append(line)

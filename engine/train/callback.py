@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from engine.run.control import take_commands
 from engine.train.batches import padding_share
+from engine.train.distributed import agree
 from engine.train.dpo import dpo_step_fields
 
 if TYPE_CHECKING:
@@ -59,22 +60,31 @@ def run_directory_callback_class():
             # saves (they happen after `last_step_end` is stamped) and not eval (timed on its own).
             run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
             run.eval_overhead = 0.0
-            commands, refused = take_commands(run.paths)
-            for reason in refused:
-                run.events.emit("warning", step=state.global_step, kind="control", message=f"command ignored: {reason}")
-            for command in commands:
-                run.events.emit("control", step=state.global_step, command=command["command"])
-                if command["command"] == "stop":
-                    run.stop.reason = run.stop.reason or "stopped"
-                elif command["command"] == "save":
-                    run.request_save("requested")
-                else:
-                    run.handle_command(command, state)
-            every = run.config.train.save_every
-            save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
-            if not run.stop.reason:
-                run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
-            if run.stop.reason:
+            local_stop = run.stop.reason  # a signal this process received
+            decision = None
+            if run.main:  # rank 0 reads the commands and asks the clock; every rank follows its decision
+                commands, refused = take_commands(run.paths)
+                for reason in refused:
+                    run.events.emit("warning", step=state.global_step, kind="control",
+                                    message=f"command ignored: {reason}")
+                for command in commands:
+                    run.events.emit("control", step=state.global_step, command=command["command"])
+                    if command["command"] == "stop":
+                        run.stop.reason = run.stop.reason or "stopped"
+                    elif command["command"] == "save":
+                        run.request_save("requested")
+                    else:
+                        run.handle_command(command, state)
+                every = run.config.train.save_every
+                save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
+                if not run.stop.reason:
+                    run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
+                decision = {"stop": run.stop.reason, "save_due": save_due}
+            decision, signalled = agree(local_stop, decision)
+            stop = decision["stop"] or next((reason for reason in signalled if reason), None)
+            save_due = decision["save_due"]
+            if stop:
+                run.stop.reason = run.stop.reason or stop
                 control.should_training_stop = True
                 control.should_evaluate = False  # the final save matters more than one more eval
                 return control

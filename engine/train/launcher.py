@@ -74,18 +74,22 @@ def launch_detached(run_dir: str | Path, *, resume_from: str | Path | None = Non
     Waits until the worker has written its pid (or died, which becomes a RunError
     quoting the worker's own error).
     """
+    from engine.config import load_config
+    from engine.train.distributed import launch_command, resolve_processes
+
     paths = RunPaths(Path(run_dir))
-    command = [sys.executable, "-m", "engine.train.worker", str(paths.root)]
-    if resume_from:
-        command += ["--resume", str(resume_from)]
+    worker = ["engine.train.worker", str(paths.root)] + (["--resume", str(resume_from)] if resume_from else [])
+    processes = resolve_processes(load_config(paths.config).distributed.processes)
+    command = launch_command(processes, worker) if processes > 1 else [sys.executable, "-m", *worker]
     with private_files(), open(paths.log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True,
                                    cwd=str(SOURCE_ROOT), env=os.environ.copy())
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if trainer_pid(paths.root) == process.pid:
-            return process.pid
+        pid = trainer_pid(paths.root)
+        if pid == process.pid or (processes > 1 and pid is not None):  # several: rank 0 writes its own pid
+            return pid
         code = process.poll()
         if code is not None:
             errors = [e for e in read_events(paths.events) if e["type"] == "error"]

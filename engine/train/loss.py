@@ -30,11 +30,24 @@ def _chunk_loss(head, hidden, targets):
     return functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+def hidden_states_through(wrapper, decoder, forward_inputs: dict[str, Any]):
+    """The decoder's last hidden states, computed by calling `wrapper` (the model as DistributedDataParallel
+    wraps it) so DDP's gradient all-reduce is armed; the head runs on one position only (`logits_to_keep=1`)."""
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        wrapper(**forward_inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def chunked_causal_lm_loss(decoder, head, inputs: dict[str, Any], num_items_in_batch=None,
-                           chunk_tokens: int = LOGITS_CHUNK_TOKENS):
+                           chunk_tokens: int = LOGITS_CHUNK_TOKENS, *, through=None):
     """Next-token cross-entropy of a batch (padded, or packed with `shift_labels`), summed over trained
     positions and divided by `num_items_in_batch` (the trainer's count across accumulated micro-batches) or by
-    this batch's trained positions."""
+    this batch's trained positions. With several processes `through` is the DDP-wrapped model: a forward that
+    bypassed it would leave every rank's gradients unsynchronised."""
     import torch
     import torch.nn.functional as functional
     from torch.utils.checkpoint import checkpoint
@@ -44,7 +57,8 @@ def chunked_causal_lm_loss(decoder, head, inputs: dict[str, Any], num_items_in_b
     if targets is None:
         targets = functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
     forward_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "shift_labels")}
-    hidden = decoder(**forward_inputs, use_cache=False).last_hidden_state
+    hidden = (hidden_states_through(through, decoder, forward_inputs) if through is not None
+              else decoder(**forward_inputs, use_cache=False).last_hidden_state)
     targets = targets.reshape(-1).to(hidden.device)
     trained = targets != IGNORE_INDEX
     hidden, targets = hidden.reshape(-1, hidden.shape[-1])[trained], targets[trained]

@@ -84,6 +84,7 @@ class TrainingRun:
         self.train_rows = 0
         self.data_files: list = []
         self.reference: Path | None = None  # RUN_DIR/reference: the adapter this run continued (bundles carry it)
+        self.main = True  # rank 0 (or the only process): writes the run directory; other ranks only train
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
@@ -113,9 +114,11 @@ class TrainingRun:
             epochs, steps_in_epoch = divmod(global_step, steps_per_epoch)
             return epochs * len(plan.lengths) + sum(len(batch) for batch in
                                                     plan.batches(epochs)[:steps_in_epoch * accum])
-        per_step = self.config.train.batch_size * self.config.train.grad_accum
+        world = self.trainer.args.world_size if self.trainer is not None else 1
+        batch = self.config.train.batch_size * world  # the global batch: every rank's rows
+        per_step = batch * self.config.train.grad_accum
         rows = max(self.train_rows, 1)
-        steps_per_epoch = max(1, math.ceil(math.ceil(rows / self.config.train.batch_size) / self.config.train.grad_accum))
+        steps_per_epoch = max(1, math.ceil(math.ceil(rows / batch) / self.config.train.grad_accum))
         epochs, steps_in_epoch = divmod(global_step, steps_per_epoch)
         return epochs * rows + min(steps_in_epoch * per_step, rows)
 
@@ -185,8 +188,12 @@ class TrainingRun:
         """Write `checkpoints/step-N`, refresh `handoff/` (and `adapter/` when `final`), atomically, with events.
 
         A periodic save the disk has no room for is skipped (or, failing half-way, discarded) with a `warning`
-        naming what is kept; the final save raises RunError instead. Returns the checkpoint, or None if skipped.
+        naming what is kept; the final save raises RunError instead. Returns the checkpoint, or None if skipped
+        (always on ranks other than 0: rank 0 writes the run's files).
         """
+        if not self.main:
+            self.pending_saves.clear()
+            return None
         step = self.trainer.state.global_step
         if not final and self.last_save_bytes:
             free = free_bytes(self.paths.root)
@@ -271,7 +278,7 @@ class TrainingRun:
         A failure here is a warning, never the end of the run.
         """
         prompts = self.config.probe.prompts
-        if not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
+        if not self.main or not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
             return
         from engine.chat.generation import GenerationSettings, answer_batch
 
@@ -367,6 +374,8 @@ class TrainingRun:
         """One `telemetry` event: GPU devices (N/A without NVML), this process's allocator, host RAM/CPU."""
         from engine.run.telemetry import collect_telemetry
 
+        if not self.main:
+            return
         self.events.emit("telemetry", step=step, **collect_telemetry())
 
 
@@ -394,10 +403,37 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     Writes every event, checkpoint and the final adapter into the run directory.
     SIGTERM/SIGINT and `stop` commands save the adapter before returning.
     """
+    from engine.train.distributed import process_rank
+
     paths = RunPaths(Path(run_dir))
     allocator = settle_cuda_allocator()
+    rank, world_size = process_rank()
+    if rank > 0:
+        return _follow_run_dir(paths, config, resume_from, run_class, rank, allocator)
     with private_files():
-        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress, allocator)
+        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress, allocator, world_size)
+
+
+def _follow_run_dir(paths: RunPaths, config: RunConfig, resume_from, run_class, rank: int, allocator: str) -> int:
+    """A rank other than 0: trains its share, writes nothing into the run directory (rank 0 speaks for the run);
+    a failure is one line on its stderr (the run's trainer.log)."""
+    from engine.train.distributed import SilentEvents
+
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    run = run_class(paths, config, SilentEvents(), stop)
+    run.main = False
+    run.cuda_allocator = allocator
+    try:
+        return _train(run, resume_from, None, lambda message: None)
+    except LoradeckError as exc:
+        print(f"rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except BaseException as exc:  # noqa: BLE001 — the launcher ends the other ranks; trainer.log says why
+        print(f"rank {rank}: {type(exc).__name__}: {str(exc).strip()[:300]}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stop.restore_signal_handlers()
 
 
 ALLOCATOR_SETTING = "expandable_segments:True"
@@ -416,7 +452,7 @@ def settle_cuda_allocator() -> str:
 
 
 def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_class, progress,
-                 allocator: str) -> int:
+                 allocator: str, world_size: int = 1) -> int:
     try:
         make_run_dir(paths.root)
         lock = hold_run_lock(paths)
@@ -428,7 +464,8 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
     for folder in (paths.root, paths.checkpoints):
         remove_stale_staging(folder)
     keeper = SummaryKeeper(paths)
-    events = EventWriter(paths.events, observer=keeper)
+    events = EventWriter(paths.events, observer=keeper,
+                         common={"world_size": world_size} if world_size > 1 else None)
     stop = StopFlag()
     stop.install_signal_handlers()
     say = progress or (lambda message: None)
@@ -506,6 +543,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
     from engine.models.adapters import resolve_adapter
+    from engine.train.distributed import process_rank
     from engine.train.handoff import keep_reference_adapter, resumed_line, snapshot_data_files
 
     config, events = run.config, run.events
@@ -517,7 +555,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     device = best_device()
     backend = choose_backend(config.backend.name, device)
     torch.manual_seed(config.train.seed)
-    run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: the bundles carry what was read
+    if run.main:
+        run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: bundles carry what was read
     dpo = config.train.method == "dpo"
     if dpo:  # read (and refuse) the pairs before spending minutes loading a model
         from engine.data.preferences import load_preference_data
@@ -539,7 +578,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         check_fingerprint(bundle_state, run.fingerprint)
     if config.model.adapter:
         adopt_adapter_shape(config, model)
-        run.reference = keep_reference_adapter(resolve_adapter(config.model.adapter), run.paths.root)
+        if run.main:
+            run.reference = keep_reference_adapter(resolve_adapter(config.model.adapter), run.paths.root)
     torch_dtype, dtype_reason = dtype_choice(config.model.dtype, device)
     trainable, total = model.get_nb_trainable_parameters()
     device_name, run.peak_flops = device_peak(device)
@@ -570,7 +610,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         else:
             events.emit("warning", kind="packing", message="train.tokens_per_batch needs packed batches: "
                                                            "batch_size rows per micro-batch instead")
-    max_steps = planned_steps(config, train_rows,
+    max_steps = planned_steps(config, train_rows, world_size=process_rank()[1],
                               batches_per_epoch=len(token_plan.batches(0)) if token_plan else None)
     if config.train.packing == "on" and not packed:
         events.emit("warning", kind="packing", message=packing_reason)
@@ -655,7 +695,11 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     step = trainer.state.global_step
     reason = run.stop.reason or "completed"
-    if eval_rows and config.train.eval_every == 0 and reason == "completed" and run.has_time_for(run.eval_batches):
+    from engine.train.distributed import agree
+
+    final_eval, _ = agree(None, bool(eval_rows and config.train.eval_every == 0 and reason == "completed"
+                                     and run.has_time_for(run.eval_batches)))
+    if final_eval:  # every rank evaluates its share, or none does
         trainer.evaluate()  # the callback's on_evaluate writes the eval event
     run.save(reason if reason != "completed" else "final", final=True)
     message = {"completed": f"trained {step} steps",
@@ -664,7 +708,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     events.emit("finished", reason=reason, step=step, loss=run.loss_tail[-1][1] if run.loss_tail else None,
                 adapter=str(run.paths.adapter), message=message)
     say(message)
-    if config.eval.after_training and reason == "completed":
+    if config.eval.after_training and reason == "completed" and run.main:
         # The report loads the base and the saved adapter as `loradeck eval` does: the trained copy (held by the
         # trainer, its optimizer and the run) goes first, or a GPU would hold two.
         del trainer, model

@@ -34,7 +34,10 @@ def trainer_mixin():
             if self.loradeck_token_plan is not None:
                 return planned_batches_class()(self.loradeck_token_plan)
             if self.loradeck_lengths is not None and len(self.loradeck_lengths) == len(dataset):
-                return LengthGroupedSampler(self.loradeck_lengths, self.args.per_device_train_batch_size,
+                # Grouped by the global batch: accelerate hands each rank its slice of it, so N processes see the
+                # rows one process with N times the batch would.
+                return LengthGroupedSampler(self.loradeck_lengths,
+                                            self.args.per_device_train_batch_size * self.args.world_size,
                                             self.args.seed)
             return EpochShuffleSampler(len(dataset), self.args.seed)
 
@@ -119,7 +122,8 @@ def loradeck_trainer_class():
             if parts is None or "labels" not in inputs or (return_outputs and not self.args.prediction_loss_only):
                 return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            loss = chunked_causal_lm_loss(*parts, inputs, num_items_in_batch)
+            wrapped = model is not self.accelerator.unwrap_model(model)  # DDP: its forward syncs the gradients
+            loss = chunked_causal_lm_loss(*parts, inputs, num_items_in_batch, through=model if wrapped else None)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales a summed loss
             return (loss, {"loss": loss}) if return_outputs else loss
@@ -182,6 +186,7 @@ def common_training_args(config: RunConfig, output_dir: Path, has_eval: bool, de
         remove_unused_columns=False,
         max_length=config.data.max_length,
         disable_tqdm=True,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step
         use_cpu=device == "cpu",
         save_only_model=True,
     )

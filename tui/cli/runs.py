@@ -21,6 +21,9 @@ def _add_session_flags(parser) -> None:
                        help="count the budget from the trainer's start or the container's (auto)")
     group.add_argument("--with-optimizer", action="store_true",
                        help="put optimizer + RNG state in the handoff bundle for an exact resume")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="training processes, one per GPU (DDP through accelerate); 0: every visible GPU "
+                             "(distributed.processes)")
 
 
 def _session_overrides(args) -> list[str]:
@@ -32,6 +35,8 @@ def _session_overrides(args) -> list[str]:
             overrides.append(f"session.{key}={value}")
     if args.with_optimizer:
         overrides.append("session.with_optimizer=true")
+    if getattr(args, "processes", None) is not None:
+        overrides.append(f"distributed.processes={args.processes}")
     return overrides
 
 
@@ -117,9 +122,28 @@ def _foreground_line(message: str) -> None:
     print(message, flush=True, file=sys.stderr if message.startswith("error: ") else sys.stdout)
 
 
+def _foreground_processes(paths, processes: int, resume_from: Path | None) -> int:
+    """Several ranks in this terminal: rank 0's progress lines here, every rank's library output in trainer.log."""
+    import subprocess
+
+    from engine import SOURCE_ROOT
+    from engine.train.distributed import launch_command
+
+    print(f"run directory: {paths.root} ({processes} processes)", flush=True)
+    worker = ["engine.train.worker", str(paths.root)] + (["--resume", str(resume_from)] if resume_from else [])
+    with open(paths.log_file, "ab") as log:
+        return subprocess.call(launch_command(processes, worker), stdin=subprocess.DEVNULL, stderr=log,
+                               cwd=str(SOURCE_ROOT))
+
+
 def _start_training(args, config, paths, resume_from: Path | None = None) -> int:
     from engine.train.launcher import launch_detached
 
+    from engine.train.distributed import resolve_processes
+
+    processes = resolve_processes(config.distributed.processes)
+    if args.foreground and processes > 1:
+        return _foreground_processes(paths, processes, resume_from)
     if args.foreground:
         from engine.library_output import leave_bitsandbytes_unimported, route_library_output
         from engine.train.run import run_training

@@ -33,6 +33,7 @@ FORM_FIELDS = (
     ("train.batch_size", "batch size"),
     ("train.grad_accum", "grad accumulation"),
     ("data.max_length", "max length (tokens)"),
+    ("distributed.processes", "processes (GPUs)"),
     ("session.budget", "session budget"),
     ("session.preset", "session preset"),
 )
