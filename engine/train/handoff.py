@@ -215,6 +215,10 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
         checked.remove("group_by_length")
     config = load_config(folder / "config.toml", list(overrides))
     refuse_incompatible(state, config)
+    keep = keep_global_batch(state, original, config, overrides)
+    if keep:
+        notes.append(keep)
+        checked.remove("grad_accum")
     for key in checked:
         before, after = getattr(original.train, key), getattr(config.train, key)
         if before != after:
@@ -238,6 +242,30 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
     if config.model.adapter and config.model.adapter == original.model.adapter:
         confine_reference(folder, state, Path(config.model.adapter))
     return Bundle(folder, state, config, notes)
+
+
+def keep_global_batch(state: dict[str, Any], original: RunConfig, config: RunConfig, overrides) -> str | None:
+    """Resuming under another number of processes: set `train.grad_accum` so that processes x batch_size x
+    grad_accum stays the bundle's global batch — the same rows per step, in the same order — unless the user set
+    the batch or accumulation; returns the note to show, or None when nothing changed."""
+    from engine.train.distributed import resolve_processes
+
+    saved_world = int(state.get("world_size") or 1)
+    world = resolve_processes(config.distributed.processes)
+    chosen = any(o.startswith(("train.grad_accum=", "train.batch_size=")) for o in overrides)
+    if world == saved_world or chosen:
+        return None
+    global_batch = int(state.get("global_batch") or saved_world * original.train.batch_size
+                       * original.train.grad_accum)
+    per_step = world * config.train.batch_size
+    if global_batch % per_step:
+        return (f"saved by {saved_world} process(es), resumed by {world}: a global batch of {global_batch} rows "
+                f"cannot be split into {world} x {config.train.batch_size}-row batches, so the rows per step "
+                "change; set train.batch_size so that it divides")
+    before, config.train.grad_accum = config.train.grad_accum, global_batch // per_step
+    return (f"saved by {saved_world} process(es), resumed by {world}: train.grad_accum {before} -> "
+            f"{config.train.grad_accum} keeps the global batch of {global_batch} rows, so the sample sequence "
+            "continues exactly")
 
 
 def confine_reference(folder: Path, state: dict[str, Any], adapter: Path) -> None:

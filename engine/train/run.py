@@ -133,6 +133,8 @@ class TrainingRun:
             "samples_per_epoch": self.train_rows,
             "data_seed": self.config.train.seed,
             "group_by_length": self.config.train.group_by_length,
+            "world_size": self.trainer.args.world_size,
+            "global_batch": self.trainer.args.world_size * self.config.train.batch_size * self.config.train.grad_accum,
             "data_files": [f.to_dict() for f in self.data_files],
             "lr": self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else None,
             "lr_schedule_step": state.global_step,

@@ -34,11 +34,12 @@ def trainer_mixin():
             if self.loradeck_token_plan is not None:
                 return planned_batches_class()(self.loradeck_token_plan)
             if self.loradeck_lengths is not None and len(self.loradeck_lengths) == len(dataset):
-                # Grouped by the global batch: accelerate hands each rank its slice of it, so N processes see the
-                # rows one process with N times the batch would.
-                return LengthGroupedSampler(self.loradeck_lengths,
-                                            self.args.per_device_train_batch_size * self.args.world_size,
-                                            self.args.seed)
+                # Grouped by the rows of one optimizer step over every rank: accelerate hands each rank its slice,
+                # so N processes (or N accumulated micro-batches) see the rows one process with N times the batch
+                # would, and a bundle resumes under another process count with the same sequence.
+                args = self.args
+                return LengthGroupedSampler(self.loradeck_lengths, args.per_device_train_batch_size
+                                            * args.world_size * args.gradient_accumulation_steps, args.seed)
             return EpochShuffleSampler(len(dataset), self.args.seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):

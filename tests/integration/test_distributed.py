@@ -70,3 +70,20 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_one_clean_save(tiny_model
     state = verify_checkpoint(run_dir / "handoff")
     assert state["global_step"] == end["step"]
     wait_for(lambda: not pids_of(run_dir), timeout=60)  # no rank left behind
+
+
+def test_a_bundle_saved_by_two_processes_resumes_on_one_with_the_same_rows(tiny_model_dir, tmp_path):
+    common = ["lora.dropout=0", "data.eval_path=", "data.eval_split=0", "train.lr_scheduler=constant",
+              "train.warmup_steps=0", "session.with_optimizer=true"]
+    assert loradeck("train", DEMO, "--run-dir", str(tmp_path / "whole"), "--foreground", *tiny_sets(
+        tiny_model_dir, *common, "train.max_steps=6", "train.batch_size=4")).returncode == 0
+    assert loradeck("train", DEMO, "--run-dir", str(tmp_path / "part1"), "--foreground", "--processes", "2",
+                    *tiny_sets(tiny_model_dir, *common, "train.max_steps=3", "train.batch_size=2")).returncode == 0
+    resumed = loradeck("resume", str(tmp_path / "part1" / "handoff"), "--run-dir", str(tmp_path / "part2"),
+                       "--foreground", "--processes", "1", "--set", "train.max_steps=6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "saved by 2 process(es), resumed by 1: train.grad_accum 1 -> 2 keeps the global batch of 4 rows" \
+        in resumed.stderr
+    whole, part1, part2 = (losses(tmp_path / name) for name in ("whole", "part1", "part2"))
+    assert sorted(part1) == [1, 2, 3] and sorted(part2) == [4, 5, 6]
+    assert max(abs({**part1, **part2}[step] - whole[step]) for step in whole) < 1e-4, (whole, part1, part2)
