@@ -137,6 +137,7 @@ class RunSummary:
     dataset: str | None = None
     backend: str | None = None
     method: str | None = None  # sft or dpo (from model_loaded)
+    world_size: int = 1  # training processes
     message: str | None = None
     checkpoints: int = 0
     last_checkpoint: str | None = None
@@ -171,6 +172,8 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.max_steps = event.get("max_steps", summary.max_steps)
         method = event.get("method")
         summary.method = method if method in ("sft", "dpo") else summary.method
+        world = event.get("world_size")
+        summary.world_size = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
     elif kind == "step":
         summary.loss = event.get("loss", summary.loss)
         summary.learning_rate = event.get("lr", summary.learning_rate)

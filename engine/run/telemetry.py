@@ -106,6 +106,22 @@ def process_memory() -> dict[str, int | None]:
             "peak_allocated": torch.cuda.max_memory_allocated()}
 
 
+def rank_memory(rank: int) -> dict[str, Any]:
+    """One training process's own figures, as rank 0 gathers them from every rank: its CUDA device, allocator
+    figures and resident memory."""
+    import psutil
+
+    figures: dict[str, Any] = {"rank": rank, **process_memory(), "rss": psutil.Process(os.getpid()).memory_info().rss}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            figures["device"] = torch.cuda.current_device()
+    except ImportError:
+        pass
+    return figures
+
+
 def host_snapshot() -> dict[str, float | int | None]:
     """Host RAM and CPU, and this process's resident memory."""
     import psutil
@@ -116,9 +132,12 @@ def host_snapshot() -> dict[str, float | int | None]:
             "cpu_pct": psutil.cpu_percent(interval=None), "process_rss": process.memory_info().rss}
 
 
-def collect_telemetry() -> dict[str, Any]:
-    """The fields of one `telemetry` event."""
-    return {"devices": [asdict(d) for d in device_snapshots()], "process": process_memory(), "host": host_snapshot()}
+def collect_telemetry(ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The fields of one `telemetry` event (`ranks`: every training process's `rank_memory`, when several)."""
+    fields = {"devices": [asdict(d) for d in device_snapshots()], "process": process_memory(), "host": host_snapshot()}
+    if ranks:
+        fields["ranks"] = ranks
+    return fields
 
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s for the dtype LoRA trains in on each card (bf16; fp16 on cards

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from engine.run.control import take_commands
+from engine.run.telemetry import rank_memory
 from engine.train.batches import padding_share
 from engine.train.distributed import agree
 from engine.train.dpo import dpo_step_fields
@@ -39,6 +40,7 @@ def run_directory_callback_class():
             self.last_batch_tokens = 0
             self.last_step_end = time.monotonic()
             self.on_step = on_step
+            self.gather_memory = False  # several ranks: each sends its memory figures with the next step's decision
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
@@ -61,6 +63,7 @@ def run_directory_callback_class():
             run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
             run.eval_overhead = 0.0
             local_stop = run.stop.reason  # a signal this process received
+            memory = rank_memory(args.process_index) if self.gather_memory else None
             decision = None
             if run.main:  # rank 0 reads the commands and asks the clock; every rank follows its decision
                 commands, refused = take_commands(run.paths)
@@ -79,8 +82,10 @@ def run_directory_callback_class():
                 save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
                 if not run.stop.reason:
                     run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
-                decision = {"stop": run.stop.reason, "save_due": save_due}
-            decision, signalled = agree(local_stop, decision)
+                telemetry_due = time.monotonic() - self.last_telemetry >= self.telemetry_every_s
+                decision = {"stop": run.stop.reason, "save_due": save_due, "telemetry": telemetry_due}
+            decision, locals_ = agree((local_stop, memory), decision)
+            signalled = [stop_reason for stop_reason, _ in locals_]
             stop = decision["stop"] or next((reason for reason in signalled if reason), None)
             save_due = decision["save_due"]
             if stop:
@@ -91,9 +96,14 @@ def run_directory_callback_class():
             if save_due:
                 run.request_save("periodic")
             run.after_step(state, control)
-            if time.monotonic() - self.last_telemetry >= self.telemetry_every_s:
+            several = args.world_size > 1
+            if several and self.gather_memory:  # the figures every rank sent with this step's decision
+                run.emit_telemetry(state.global_step, ranks=[figures for _, figures in locals_])
+            if decision["telemetry"]:
                 self.last_telemetry = time.monotonic()
-                run.emit_telemetry(state.global_step)
+                if not several:
+                    run.emit_telemetry(state.global_step)
+            self.gather_memory = several and decision["telemetry"]
             if not control.should_log:
                 self.save_pending()
             # else the step's loss is logged next (on_log): saves wait for it, so the bundle's loss tail

@@ -372,13 +372,14 @@ class TrainingRun:
         self.events.emit("warning", step=state.global_step,
                          message=f"'{command['command']}' ignored: this run has no session clock")
 
-    def emit_telemetry(self, step: int) -> None:
-        """One `telemetry` event: GPU devices (N/A without NVML), this process's allocator, host RAM/CPU."""
+    def emit_telemetry(self, step: int, ranks: list[dict[str, Any]] | None = None) -> None:
+        """One `telemetry` event: GPU devices (N/A without NVML), this process's allocator, host RAM/CPU, and
+        every rank's own figures when several processes train."""
         from engine.run.telemetry import collect_telemetry
 
         if not self.main:
             return
-        self.events.emit("telemetry", step=step, **collect_telemetry())
+        self.events.emit("telemetry", step=step, **collect_telemetry(ranks))
 
 
 def schedule_change(bundle: str | Path, bundle_state: dict, max_steps: int, scheduler: str) -> str:

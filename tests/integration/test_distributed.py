@@ -87,3 +87,19 @@ def test_a_bundle_saved_by_two_processes_resumes_on_one_with_the_same_rows(tiny_
     whole, part1, part2 = (losses(tmp_path / name) for name in ("whole", "part1", "part2"))
     assert sorted(part1) == [1, 2, 3] and sorted(part2) == [4, 5, 6]
     assert max(abs({**part1, **part2}[step] - whole[step]) for step in whole) < 1e-4, (whole, part1, part2)
+
+
+def test_rank_0_gathers_every_ranks_memory_and_the_monitor_shows_it(tiny_model_dir, tmp_path):
+    from engine.run.history import RunHistory
+    from tui.screens.monitor import device_text, progress_line
+
+    run_dir = tmp_path / "run"
+    assert loradeck("train", DEMO, "--run-dir", str(run_dir), "--foreground", "--processes", "2", *tiny_sets(
+        tiny_model_dir, "train.max_steps=40")).returncode == 0
+    telemetry = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "telemetry"]
+    assert telemetry and all([r["rank"] for r in e["ranks"]] == [0, 1] for e in telemetry)
+    assert all(r["rss"] > 0 for e in telemetry for r in e["ranks"])
+    history = RunHistory(run_dir)
+    history.poll()
+    assert "rank 0: RSS" in device_text(history) and "rank 1: RSS" in device_text(history)
+    assert "2 processes" in progress_line(history)

@@ -90,6 +90,8 @@ def progress_line(history: RunHistory) -> str:
     eta = history.eta_seconds()
     parts = [f"[b]{summary.run_id}[/b]", f"[{STATUS_STYLE.get(summary.status, '$text-muted')}]{summary.status}[/]",
              f"step {steps}", f"epoch {format_number(summary.epoch, 3)}"]
+    if summary.world_size > 1:
+        parts.append(f"{summary.world_size} processes")
     if eta is not None:
         parts.append(f"ETA {format_duration(eta)}")
     if summary.message and summary.status != "running":
@@ -140,8 +142,14 @@ def device_text(history: RunHistory) -> str:
         lines.append(f" VRAM {format_used_of(used, total)}")
         lines.append(f" {format_number(device.get('temperature_c'), 3)}°C  {format_number(device.get('power_w'), 3)}"
                      f"/{format_number(device.get('power_limit_w'), 3)} W")
+    ranks = [r for r in event.get("ranks") or [] if isinstance(r, dict)]
+    for figures in ranks:  # several training processes: each one's own memory
+        where = f" GPU{figures['device']}" if isinstance(figures.get("device"), int) else ""
+        own = (f"alloc {format_bytes(figures.get('allocated'))} peak {format_bytes(figures.get('peak_allocated'))}"
+               if figures.get("allocated") is not None else f"RSS {format_bytes(figures.get('rss'))}")
+        lines.append(f"rank {figures.get('rank', '?')}{where}: {own}")
     process = event.get("process") or {}
-    if process:
+    if process and not ranks:
         lines.append(f"this run: alloc {format_bytes(process.get('allocated'))} "
                      f"resv {format_bytes(process.get('reserved'))} peak {format_bytes(process.get('peak_allocated'))}")
     host = event.get("host") or {}
