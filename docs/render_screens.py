@@ -1,5 +1,6 @@
 """Regenerate the README's screenshots (docs/screens/*.png) from the SVG snapshots the test suite pins, plus the
 monitor with probes (captured here at 120×40). Needs `rsvg-convert` (Debian/Ubuntu: librsvg2-bin).
+`monitor-dpo.png` is not redrawn here: it is the README's demo DPO run, captured from that run directory.
 
     make test                      # or: pytest tests/tui/test_snapshots.py --snapshot-update
     .venv/bin/python docs/render_screens.py
