@@ -9,6 +9,7 @@ saves checkpoints on schedule.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -51,6 +52,7 @@ def run_directory_callback_class():
             self.last_step_end = time.monotonic()
             # A resumed TrainerState carries the old run's logging/eval/save intervals; this run's config wins.
             state.compute_steps(args, state.max_steps)
+            _, self.run.rank_pids = agree(os.getpid(), None)  # rank 0 can later say which rank is gone
             self.run.on_train_begin(state, control)
 
         def on_step_begin(self, args, state, control, **kwargs):

@@ -85,6 +85,7 @@ class TrainingRun:
         self.data_files: list = []
         self.reference: Path | None = None  # RUN_DIR/reference: the adapter this run continued (bundles carry it)
         self.main = True  # rank 0 (or the only process): writes the run directory; other ranks only train
+        self.rank_pids: list[int] = []  # every rank's pid, gathered when training begins
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
@@ -492,6 +493,10 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
         return exc.exit_code
     except BaseException as exc:  # the run dir must say why the trainer died
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        gone = gone_ranks(run.rank_pids)
+        if gone:
+            message = (f"rank {', '.join(map(str, gone))} of {len(run.rank_pids)} ended (its own error, if any, is "
+                       f"in {paths.log_file}); the other ranks stopped with it: {message}")[:800]
         if "out of memory" in message.lower():
             message += " — lower train.batch_size or data.max_length, or set model.load_in_4bit=true"
         try:
@@ -514,6 +519,28 @@ def _own_run_dir(paths: RunPaths, config: RunConfig, resume_from, on_step, run_c
             pass
         os.close(lock)  # releases the lock: the run is over
         stop.restore_signal_handlers()
+
+
+def gone_ranks(pids: list[int], grace_s: float = 2.0) -> list[int]:
+    """The ranks (other than this one, rank 0) whose process has ended (gone, or a zombie its launcher has not
+    reaped yet). A peer's sockets close before its exit completes, so a failed collective may be seen first:
+    look again for up to `grace_s`."""
+    import psutil
+
+    deadline = time.monotonic() + (grace_s if len(pids) > 1 else 0)
+    while True:
+        gone = []
+        for rank, pid in enumerate(pids[1:], start=1):
+            try:
+                if psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                    gone.append(rank)
+            except psutil.NoSuchProcess:
+                gone.append(rank)
+            except psutil.Error:
+                pass
+        if gone or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.1)
 
 
 def device_peak(device: str) -> tuple[str | None, float | None]:

@@ -103,3 +103,20 @@ def test_rank_0_gathers_every_ranks_memory_and_the_monitor_shows_it(tiny_model_d
     history.poll()
     assert "rank 0: RSS" in device_text(history) and "rank 1: RSS" in device_text(history)
     assert "2 processes" in progress_line(history)
+
+
+def test_a_killed_rank_fails_the_run_with_an_error_naming_it_and_leaves_no_process(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert loradeck("train", DEMO, "--run-dir", str(run_dir), *tiny_sets(
+        tiny_model_dir, "train.max_steps=100000", "distributed.processes=2")).returncode == 0
+    wait_for(lambda: len(losses(run_dir)) >= 3, timeout=300)
+
+    def rank_of(pid):
+        environment = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        return next((int(item[5:]) for item in environment if item.startswith(b"RANK=")), None)
+
+    rank_1 = next(pid for pid in pids_of(run_dir) if rank_of(pid) == 1)
+    os.kill(rank_1, signal.SIGKILL)
+    end = wait_for(lambda: finished(run_dir), timeout=180)
+    assert end["type"] == "error" and end["message"].startswith("rank 1 of 2 ended"), end
+    wait_for(lambda: not pids_of(run_dir), timeout=120)
