@@ -196,6 +196,13 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
                f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW "
                f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {rows} x {tokens} tokens"
                + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else "")]
+    if config.distributed.processes != 1:
+        from engine.train.distributed import resolve_processes
+
+        processes = resolve_processes(config.distributed.processes)
+        reasons.append(f"per GPU, with {processes} processes: DistributedDataParallel keeps the whole model on each "
+                       f"GPU and {rows} x {tokens} tokens of activations per process (global batch "
+                       f"{processes * config.train.batch_size * config.train.grad_accum} rows)")
     if reserved is not None:
         reasons.append(f"the CUDA allocator reserved {reserved / 1e9:.2f} GB for it: {(available - reserved) / 1e9:.2f}"
                        " GB headroom left")

@@ -53,3 +53,11 @@ def test_the_speed_probe_times_real_steps_and_says_what_fits_in_the_session(tiny
     assert report["verdict"] == "fits" and report["speed"]["budget_seconds"] == 1800
     assert main(["preflight", demo, *sets, "--speed", "--steps", "0"]) == 2
     assert "--steps 0: give 1–1000 steps" in capsys.readouterr().err
+
+
+def test_preflight_with_several_processes_sizes_one_gpu_and_says_so(small_model_dir):
+    from engine.train.preflight import run_preflight
+    from tests.conftest import tiny_config
+
+    report = run_preflight(tiny_config(small_model_dir, "distributed.processes=2"), measure=False)
+    assert any(r.startswith("per GPU, with 2 processes") and "global batch 4 rows" in r for r in report.reasons)
