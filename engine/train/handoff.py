@@ -250,13 +250,16 @@ def keep_global_batch(state: dict[str, Any], original: RunConfig, config: RunCon
     the batch or accumulation; returns the note to show, or None when nothing changed."""
     from engine.train.distributed import resolve_processes
 
-    saved_world = int(state.get("world_size") or 1)
+    def positive(value, default: int) -> int:  # state.json comes from another machine: numbers or nothing
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    saved_world = positive(state.get("world_size"), 1)
     world = resolve_processes(config.distributed.processes)
     chosen = any(o.startswith(("train.grad_accum=", "train.batch_size=")) for o in overrides)
     if world == saved_world or chosen:
         return None
-    global_batch = int(state.get("global_batch") or saved_world * original.train.batch_size
-                       * original.train.grad_accum)
+    global_batch = positive(state.get("global_batch"),
+                            saved_world * original.train.batch_size * original.train.grad_accum)
     per_step = world * config.train.batch_size
     if global_batch % per_step:
         return (f"saved by {saved_world} process(es), resumed by {world}: a global batch of {global_batch} rows "

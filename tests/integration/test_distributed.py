@@ -120,3 +120,17 @@ def test_a_killed_rank_fails_the_run_with_an_error_naming_it_and_leaves_no_proce
     end = wait_for(lambda: finished(run_dir), timeout=180)
     assert end["type"] == "error" and end["message"].startswith("rank 1 of 2 ended"), end
     wait_for(lambda: not pids_of(run_dir), timeout=120)
+
+
+def test_the_session_clock_stops_two_processes_before_the_deadline_with_one_save(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert loradeck("train", DEMO, "--run-dir", str(run_dir), "--session", "30s", *tiny_sets(
+        tiny_model_dir, "train.max_steps=100000", "train.log_every=20", "session.buffer=3s",
+        "distributed.processes=2")).returncode == 0
+    end = wait_for(lambda: finished(run_dir), timeout=120)
+    assert end["type"] == "finished" and end["reason"] == "deadline", end
+    deadline = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "deadline"][-1]
+    assert end["ts"] <= deadline["deadline_at"], "every rank stopped before the deadline"
+    finals = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "checkpoint" and e.get("final")]
+    assert len(finals) == 1 and verify_checkpoint(run_dir / "handoff")["global_step"] == end["step"]
+    wait_for(lambda: not pids_of(run_dir), timeout=60)

@@ -156,3 +156,13 @@ def test_run_files_are_private_to_the_user(trained):
     run_dir, _ = trained
     for path in [run_dir, *run_dir.rglob("*")]:
         assert path.lstat().st_mode & 0o077 == 0, f"{path} is readable by others"
+
+
+def test_a_bundle_with_nonsense_process_counts_resumes_as_if_saved_by_one(tmp_path):
+    from engine.config import load_config
+    from engine.train.handoff import keep_global_batch
+
+    config = load_config(None, ["distributed.processes=2", "train.batch_size=2"])
+    original = load_config(None, ["train.batch_size=2", "train.grad_accum=2"])
+    note = keep_global_batch({"world_size": "many", "global_batch": -3}, original, config, [])
+    assert note and "saved by 1 process(es), resumed by 2" in note and config.train.grad_accum == 1
