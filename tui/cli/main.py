@@ -12,10 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from tui.cli import chat, evaluation, export, inspect, models, runs
+from tui.cli import chat, evaluation, export, inspect, models, runs, serve
 
 DEFAULT_RUNS_DIR = "runs"
-COMMAND_GROUPS = (models, runs, chat, evaluation, export, inspect)  # in the order `loradeck --help` lists them
+COMMAND_GROUPS = (models, runs, chat, evaluation, export, inspect, serve)  # in the order `loradeck --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
