@@ -1,4 +1,5 @@
-"""The trainer itself: TRL's `SFTTrainer` with a seed-determined data order, and its config for the device."""
+"""The trainers' shared part (`trainer_mixin`: data order, stop-aware eval, schedule continuation), TRL's
+`SFTTrainer` with it, and the training arguments every method shares, chosen for the device."""
 
 from __future__ import annotations
 

@@ -134,3 +134,13 @@ def test_a_headless_browser_opens_home_then_the_monitor_and_its_save_reaches_the
             shutil.rmtree(profile, ignore_errors=True)
 
     assert asyncio.run(scenario()) == ["save"]
+
+
+def test_a_busy_port_is_one_line_and_no_url_is_printed():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run([*LORADECK, "serve", "--port", str(port)], cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 2 and "token=" not in result.stdout
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1 and "address already in use" in error.lower()

@@ -28,6 +28,14 @@ def _cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this port and has the URL controls your "
               "runs; prefer an SSH tunnel or the notebook's proxy to 127.0.0.1", file=sys.stderr)
+    import socket
+
+    try:  # before printing a URL that would not answer
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--port {args.port}: cannot listen on {args.host} ({exc.strerror or exc}) — pick "
+                          "another port with --port") from None
     token = new_token()
     server = TokenServer(app_command(args.runs_dir, args.config), host=args.host, port=args.port, token=token)
     if args.public_url:
