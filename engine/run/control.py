@@ -55,6 +55,14 @@ def send_command(run_dir: str | Path, command: str, **arguments: Any) -> Path:
     if trainer_pid(paths.root) is None:
         raise RunError(f"{run_dir}: no trainer is running for this run (finished, stopped or killed) — "
                        "nothing to send")
+    from engine.run.remote import OUTBOX, read_remote
+
+    if read_remote(paths.root) is not None:  # a mirror: the follower carries it to the remote run
+        outbox = paths.root / OUTBOX
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        stamp = f"{time.time():.6f}-{os.getpid()}"
+        (outbox / f".{stamp}.tmp").write_text(json.dumps(payload))
+        return (outbox / f".{stamp}.tmp").rename(outbox / f"{stamp}-{command}.json")
     if not paths.control.is_dir():
         raise RunError(f"{run_dir}: no control folder — the run is not accepting commands")
     if paths.control.stat().st_uid != os.getuid():

@@ -84,6 +84,10 @@ def trainer_pid(run_dir: str | Path) -> int | None:
     lock existed fall back to the pid file and a signal-0 probe.
     """
     paths = RunPaths(Path(run_dir))
+    if (paths.root / "remote.json").is_file():  # a mirror of a run on another machine: its trainer as last heard
+        from engine.run.remote import remote_pid
+
+        return remote_pid(paths.root)
     held = run_lock_held(paths)
     if held is not None:
         if not held:

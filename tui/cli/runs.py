@@ -68,7 +68,12 @@ def add_parsers(sub) -> None:
                             description="Open the TUI's monitor on a run directory: live curves, GPU/host memory, "
                                         "session countdown and controls, with the run's full history. Quitting "
                                         "never touches the run.")
-    attach.add_argument("run_dir")
+    attach.add_argument("run_dir", help="a run directory, or user@host:/path/to/run on another machine (over ssh)")
+    tail = sub.add_parser("tail", help="stream a run's events (what `attach user@host:RUN` runs over ssh)",
+                          description="Print RUN's events.jsonl from a byte offset as it grows, with a heartbeat, "
+                                      "and queue control commands read from stdin. Used by a remote attach.")
+    tail.add_argument("run_dir")
+    tail.add_argument("--from", dest="offset", type=int, default=0, help="byte offset to start from")
 
     extend = sub.add_parser("extend", help="move a live run's session deadline later",
                             description="Tell a live run its session lasts longer (you bought more time).")
@@ -101,6 +106,9 @@ def add_parsers(sub) -> None:
     save = sub.add_parser("save", help="save a checkpoint now and keep training",
                           description="Ask a live run to write a checkpoint at the next step.")
     save.add_argument("run_dir")
+    for remote_capable in (attach, extend, status, stop, save):
+        remote_capable.add_argument("--ssh-command", default="ssh", metavar="CMD",
+                                    help="how to reach user@host:RUN (default: ssh, with your keys and ~/.ssh/config)")
 
 
 def _print_step(event: dict) -> None:
@@ -278,6 +286,9 @@ def _sigterm_interrupts():
 
 
 def _cmd_extend(args) -> int:
+    remote = _over_ssh(args, args.duration)
+    if remote is not None:
+        return remote
     from engine.config import parse_duration
     from engine.run.control import send_command
     from engine.errors import RunError
@@ -359,6 +370,10 @@ def _cmd_status(args) -> int:
     import json
     import time
 
+    remote = _over_ssh(args, *(["--json"] if args.json else []))
+    if remote is not None:
+        return remote
+
     from engine.run.status import LIVE_STATUSES, run_duration, session_time_left, summarize_run
     from tui.format import format_duration, format_number, format_share
 
@@ -408,6 +423,9 @@ def _cmd_stop(args) -> int:
     from engine.run.control import send_command
     from engine.run.status import summarize_run, trainer_pid
 
+    remote = _over_ssh(args, *(["--wait"] if args.wait else []))
+    if remote is not None:
+        return remote
     send_command(args.run_dir, "stop")
     print(f"stop requested: {args.run_dir} saves its adapter at the next step boundary, then exits")
     if args.wait:
@@ -421,6 +439,9 @@ def _cmd_stop(args) -> int:
 def _cmd_save(args) -> int:
     from engine.run.control import send_command
 
+    remote = _over_ssh(args)
+    if remote is not None:
+        return remote
     send_command(args.run_dir, "save")
     print(f"save requested: {args.run_dir} writes a checkpoint at the next step boundary")
     return 0
@@ -428,17 +449,53 @@ def _cmd_save(args) -> int:
 
 def _cmd_attach(args) -> int:
     from engine.run.paths import require_run_dir
+    from engine.run.remote import RemoteFollower, parse_remote
     from tui.app import LoradeckApp
 
-    paths = require_run_dir(args.run_dir)
-    LoradeckApp(runs_dir=paths.root.resolve().parent, config_path=args.config, attach_to=paths.root).run()
+    remote = parse_remote(args.run_dir)
+    if remote is None:
+        paths = require_run_dir(args.run_dir)
+        LoradeckApp(runs_dir=paths.root.resolve().parent, config_path=args.config, attach_to=paths.root).run()
+        return 0
+    follower = RemoteFollower(*remote, ssh_command=args.ssh_command)
+    mirror = follower.start()
+    try:
+        LoradeckApp(runs_dir=mirror.parent, config_path=args.config, attach_to=mirror).run()
+    finally:
+        follower.stop()
     return 0
+
+
+def _over_ssh(args, *extra: str) -> int | None:
+    """Run this command on the machine of a `user@host:RUN` argument (its output here); None for a local run."""
+    import shlex
+    import subprocess
+
+    from engine.run.remote import parse_remote
+
+    remote = parse_remote(args.run_dir)
+    if remote is None:
+        return None
+    host, path = remote
+    return subprocess.call([*shlex.split(args.ssh_command), host, shlex.join(["loradeck", args.command, path,
+                                                                               *extra])])
+
+
+def _cmd_tail(args) -> int:
+    from engine.run.remote import serve_tail
+
+    if args.offset < 0:
+        from engine.errors import RunError
+
+        raise RunError(f"--from {args.offset}: a byte offset is 0 or more")
+    return serve_tail(args.run_dir, args.offset, sys.stdout.buffer, sys.stdin)
 
 
 COMMANDS = {
     "train": _cmd_train,
     "resume": _cmd_resume,
     "attach": _cmd_attach,
+    "tail": _cmd_tail,
     "extend": _cmd_extend,
     "preflight": _cmd_preflight,
     "status": _cmd_status,

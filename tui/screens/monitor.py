@@ -20,6 +20,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from textual_plotext import PlotextPlot
 
 from engine.run.history import RunHistory
+from engine.run.remote import connection_line
 from tui.format import (format_bytes, format_duration, format_number, format_share, format_used_of, integer_ticks,
                         one_line, theme_rgb)
 
@@ -96,6 +97,9 @@ def progress_line(history: RunHistory) -> str:
         parts.append(f"ETA {format_duration(eta)}")
     if summary.message and summary.status != "running":
         parts.append(f"[$text-muted]{summary.message}[/]")
+    connection = connection_line(history.paths.root, summary.updated_at)
+    if connection:  # a run on another machine whose connection dropped: the run itself is not affected
+        parts.append(f"[$warning]{connection}[/]")
     return GAP.join(parts)
 
 
