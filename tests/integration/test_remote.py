@@ -112,3 +112,64 @@ async def test_the_monitor_on_a_mirror_shows_the_remote_run_and_its_s_reaches_th
     finally:
         follower.stop()
     assert (mirror / "config.toml").read_text() == (run_dir / "config.toml").read_text()
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A throwaway sshd on a free localhost port that lets this user in with a fresh key, and puts this checkout's
+    `loradeck` on the PATH of its sessions."""
+    import getpass
+    import os
+    import shutil
+    import socket
+
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("no sshd / ssh here (Debian: apt install openssh-server openssh-client)")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        f"PidFile {keys / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin yes\n"
+        f"SetEnv PATH={os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation folder, absent in containers
+    server = subprocess.Popen([SSHD, "-D", "-f", str(keys / "sshd_config"), "-E", str(keys / "sshd.log")])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    command = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
+               f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    try:
+        yield f"{getpass.getuser()}@127.0.0.1", command
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_through_a_real_sshd_the_mirror_follows_and_commands_arrive(sshd, tmp_path):
+    from engine.run.control import send_command
+
+    host, ssh_command = sshd
+    run_dir = live_run(tmp_path)
+    append(run_dir, *({"type": "step", "step": s, "loss": 1.0, "max_steps": 10} for s in range(1, 4)))
+    follower = RemoteFollower(host, str(run_dir), ssh_command=ssh_command, mirror=tmp_path / "mirror")
+    mirror = follower.start(wait_s=60)
+    try:
+        wait_until(lambda: (mirror / "events.jsonl").read_bytes() == (run_dir / "events.jsonl").read_bytes())
+        send_command(mirror, "stop")
+        wait_until(lambda: any(json.loads(p.read_text())["command"] == "stop"
+                               for p in (run_dir / "control").glob("*.json")), timeout=20)
+    finally:
+        follower.stop()
