@@ -96,6 +96,8 @@ class RemoteFollower:
         (self.mirror / "events.jsonl").touch()
         self._write_state(pid=remote_pid(self.mirror))
         self.thread.start()
+        if wait_s <= 0:  # one of many (a remote runs folder): it connects, or says so in its progress line
+            return self.mirror
         if not self.hello.wait(wait_s) and self.error is None:
             self.error = f"{self.host}: no answer in {wait_s:.0f} s"
         if not self.hello.is_set():
@@ -288,3 +290,74 @@ def serve_tail(run_dir: str | Path, offset: int, out, commands_in) -> int:
     except (BrokenPipeError, ValueError, OSError):
         pass  # the client went away
     return 0
+
+
+def list_runs(runs_dir: str | Path) -> list[str]:
+    """The names of the run directories in `runs_dir` (the remote side of a remote runs folder)."""
+    folder = Path(runs_dir).expanduser()
+    if not folder.is_dir():
+        raise RunError(f"{runs_dir}: no such runs folder")
+    return sorted(child.name for child in folder.iterdir() if (child / "events.jsonl").is_file())
+
+
+class RemoteRunsFolder:
+    """Home on a runs folder of another machine: its runs listed over ssh (`loradeck tail RUNS --list`) every
+    `every_s` seconds, each followed into a mirror under one local folder that Home reads as a runs folder."""
+
+    def __init__(self, host: str, path: str, *, ssh_command: str = "ssh", every_s: float = 10.0):
+        self.host, self.path, self.ssh_command = host, path, ssh_command
+        self.root = mirror_dir(host, path)
+        self.every_s = every_s
+        self.followers: dict[str, RemoteFollower] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._relist, name="loradeck-remote-runs", daemon=True)
+
+    def names(self) -> list[str]:
+        """The remote folder's run names; RunError (one line) when ssh or the remote fails."""
+        command = [*shlex.split(self.ssh_command), self.host, shlex.join(["loradeck", "tail", self.path, "--list"])]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RunError(f"{self.host}:{self.path}: {exc}") from None
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            if done.returncode == 127:
+                raise RunError(f"{self.host}: loradeck is not installed there (or not on the PATH of a "
+                               "non-interactive shell) — install it on the remote machine: pip install loradeck")
+            raise RunError(f"{self.host}:{self.path}: {lines[-1] if lines else f'exit code {done.returncode}'}")
+        try:
+            names = json.loads(done.stdout)
+        except ValueError:
+            raise RunError(f"{self.host}:{self.path}: the remote answered something else than a run list") from None
+        return [n for n in names if isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9._-]+", n)]
+
+    def start(self) -> Path:
+        """List once (RunError when that fails), follow every run, keep listing; returns the local folder."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.root / (REMOTE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"host": self.host, "path": self.path, "folder": True}), encoding="utf-8")
+        tmp.replace(self.root / REMOTE_FILE)
+        self._follow(self.names())
+        self.thread.start()
+        return self.root
+
+    def _follow(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.followers:
+                follower = RemoteFollower(self.host, f"{self.path.rstrip('/')}/{name}", ssh_command=self.ssh_command,
+                                          mirror=self.root / name)
+                follower.start(wait_s=0)
+                self.followers[name] = follower
+
+    def _relist(self) -> None:
+        while not self.stopping.wait(self.every_s):
+            try:
+                self._follow(self.names())
+            except RunError:
+                pass  # the network is gone: every follower says so; the next listing tries again
+
+    def stop(self) -> None:
+        """Stop listing and following (the remote runs are not touched)."""
+        self.stopping.set()
+        for follower in self.followers.values():
+            follower.stop()

@@ -173,3 +173,38 @@ def test_through_a_real_sshd_the_mirror_follows_and_commands_arrive(sshd, tmp_pa
                                for p in (run_dir / "control").glob("*.json")), timeout=20)
     finally:
         follower.stop()
+
+
+async def test_home_on_a_remote_runs_folder_lists_its_runs_live_and_new_runs_start_there(tmp_path):
+    from textual.widgets import DataTable
+
+    from engine.run.remote import RemoteRunsFolder
+    from tests.tui.pilot_helpers import wait_until as pilot_wait
+    from tui.app import LoradeckApp
+    from tui.screens.monitor import MonitorScreen
+    from tui.screens.new_run import NewRunScreen
+
+    first, second = live_run(tmp_path, "first"), live_run(tmp_path, "second")
+    append(first, {"type": "step", "step": 7, "loss": 1.2, "max_steps": 50})
+    folder = RemoteRunsFolder("gpu-box", str(tmp_path / "runs"), ssh_command=FAKE_SSH, every_s=0.5)
+    folder.root = tmp_path / "mirrors"  # a test's own place instead of ~/.cache
+    try:
+        app = LoradeckApp(runs_dir=folder.start())
+        async with app.run_test(size=(120, 36), notifications=True) as pilot:
+            table = app.screen.query_one("#runs-table", DataTable)
+
+            def rows() -> list[str]:
+                app.screen.action_refresh_runs()
+                return [" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]
+
+            await pilot_wait(pilot, lambda: len(rows()) == 2 and any("7/100" in row for row in rows()), timeout=30)
+            assert all("running" in row for row in rows()), "the remote trainers are alive"
+            live_run(tmp_path, "third")  # started on the remote machine meanwhile
+            await pilot_wait(pilot, lambda: len(rows()) == 3, timeout=30)
+            await pilot.press("n")
+            await pilot.pause(0.2)
+            assert not isinstance(app.screen, NewRunScreen), "new runs start on the machine that trains"
+            await pilot.press("enter")
+            await pilot_wait(pilot, lambda: isinstance(app.screen, MonitorScreen), timeout=10)
+    finally:
+        folder.stop()

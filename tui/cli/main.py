@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="folder holding run directories (default: ./runs)")
     parser.add_argument("--config", "-c", default=None, help="config the TUI's new-run form starts from")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("--ssh-command", default="ssh", metavar="CMD",
+                        help="how to reach a --runs-dir user@host:RUNS (default: ssh)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     for group in COMMAND_GROUPS:
@@ -39,9 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_tui(args) -> int:
+    from engine.run.remote import RemoteRunsFolder, parse_remote
     from tui.app import LoradeckApp
 
-    LoradeckApp(runs_dir=Path(args.runs_dir), config_path=args.config).run()
+    remote = parse_remote(args.runs_dir)
+    if remote is None:
+        LoradeckApp(runs_dir=Path(args.runs_dir), config_path=args.config).run()
+        return 0
+    folder = RemoteRunsFolder(*remote, ssh_command=args.ssh_command)
+    try:
+        LoradeckApp(runs_dir=folder.start(), config_path=args.config).run()
+    finally:
+        folder.stop()
     return 0
 
 

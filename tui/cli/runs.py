@@ -74,6 +74,7 @@ def add_parsers(sub) -> None:
                                       "and queue control commands read from stdin. Used by a remote attach.")
     tail.add_argument("run_dir")
     tail.add_argument("--from", dest="offset", type=int, default=0, help="byte offset to start from")
+    tail.add_argument("--list", action="store_true", help="RUN is a runs folder: print its run names as JSON")
 
     extend = sub.add_parser("extend", help="move a live run's session deadline later",
                             description="Tell a live run its session lasts longer (you bought more time).")
@@ -482,7 +483,13 @@ def _over_ssh(args, *extra: str) -> int | None:
 
 
 def _cmd_tail(args) -> int:
-    from engine.run.remote import serve_tail
+    from engine.run.remote import list_runs, serve_tail
+
+    if args.list:
+        import json
+
+        print(json.dumps(list_runs(args.run_dir)))
+        return 0
 
     if args.offset < 0:
         from engine.errors import RunError

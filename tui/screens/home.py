@@ -276,7 +276,14 @@ class HomeScreen(Screen):
         self.app.push_screen(ExportScreen(run))
 
     def action_new_run(self) -> None:
+        from engine.run.remote import read_remote
         from tui.screens.new_run import NewRunScreen
+
+        remote = read_remote(self.runs_dir)
+        if remote is not None:
+            self.notify(f"these runs are on {remote.get('host')}: start new ones there (ssh {remote.get('host')} "
+                        "loradeck train CONFIG)", title="new run", severity="warning", timeout=8)
+            return
 
         self.app.push_screen(NewRunScreen(self.runs_dir, self.config_path))
 
