@@ -55,7 +55,7 @@ def send_command(run_dir: str | Path, command: str, **arguments: Any) -> Path:
     if trainer_pid(paths.root) is None:
         raise RunError(f"{run_dir}: no trainer is running for this run (finished, stopped or killed) — "
                        "nothing to send")
-    from engine.run.remote import OUTBOX, read_remote
+    from engine.run.mirror import OUTBOX, read_remote
 
     if read_remote(paths.root) is not None:  # a mirror: the follower carries it to the remote run
         outbox = paths.root / OUTBOX

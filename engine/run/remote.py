@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RunError
+from engine.run.mirror import OUTBOX, REMOTE_FILE, read_remote, remote_pid
 
-REMOTE_FILE = "remote.json"
-OUTBOX = "outbox"
 CONTROL_PREFIX = b"#loradeck "  # lines of the tail protocol that are not events
 HEARTBEAT_S = 1.0
 RECONNECT_DELAYS_S = (1, 2, 4, 8)
@@ -52,22 +51,6 @@ def mirror_dir(host: str, path: str) -> Path:
     safe_host = re.sub(r"[^A-Za-z0-9._@-]", "_", host)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path.rstrip("/")).name or "run")
     return root / safe_host / f"{name}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
-
-
-def read_remote(run_dir: str | Path) -> dict[str, Any] | None:
-    """A mirror's `remote.json`, or None for a local run (or a damaged file)."""
-    try:
-        data = json.loads((Path(run_dir) / REMOTE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def remote_pid(run_dir: str | Path) -> int | None:
-    """The remote trainer's pid as last heard (kept while reconnecting: not heard is not dead)."""
-    data = read_remote(run_dir) or {}
-    pid = data.get("pid")
-    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
 
 
 class RemoteFollower:

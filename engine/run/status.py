@@ -85,7 +85,7 @@ def trainer_pid(run_dir: str | Path) -> int | None:
     """
     paths = RunPaths(Path(run_dir))
     if (paths.root / "remote.json").is_file():  # a mirror of a run on another machine: its trainer as last heard
-        from engine.run.remote import remote_pid
+        from engine.run.mirror import remote_pid
 
         return remote_pid(paths.root)
     held = run_lock_held(paths)

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from engine.errors import RunError
-from engine.run.remote import RemoteFollower, connection_line, parse_remote, read_remote
+from engine.run.mirror import read_remote
+from engine.run.remote import RemoteFollower, connection_line, parse_remote
 from tests.conftest import REPO
 from tests.integration.test_train_cli import LORADECK
 from tests.tui.test_monitor import append, live_run

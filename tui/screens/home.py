@@ -276,7 +276,7 @@ class HomeScreen(Screen):
         self.app.push_screen(ExportScreen(run))
 
     def action_new_run(self) -> None:
-        from engine.run.remote import read_remote
+        from engine.run.mirror import read_remote
         from tui.screens.new_run import NewRunScreen
 
         remote = read_remote(self.runs_dir)
