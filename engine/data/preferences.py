@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.readers import (LoadedDataset, Record, _require, _text, _tools, _turns_to_messages,
-                                 load_dataset_file, split_eval)
+                                 load_dataset_file, reply_messages, split_eval)
 from engine.errors import DataError
 
 
@@ -45,22 +45,14 @@ class PreferenceData:
     path: str
 
 
-def _reply(value: Any, where: str, name: str) -> list[dict[str, Any]]:
-    """A `chosen`/`rejected` value as assistant turns: text, one turn, or a list of turns."""
-    if isinstance(value, dict):
-        value = [value]
-    if isinstance(value, list):
-        return _turns_to_messages(value, where, name, sharegpt=True)
-    return [{"role": "assistant", "content": _text(value, where, name)}]
-
-
 def to_preference_pair(record: Record, path: str, system_prompt: str = "") -> PreferencePair:
     """One raw row as a PreferencePair; a DataError names the row and what is wrong."""
     where = record.where(path)
     row = record.data
     _require(record, path, "chosen", "rejected")
     prompt_key = next((k for k in ("prompt", "conversations", "messages") if k in row), None)
-    chosen, rejected = _reply(row["chosen"], where, "chosen"), _reply(row["rejected"], where, "rejected")
+    chosen = reply_messages(row["chosen"], where, "chosen")
+    rejected = reply_messages(row["rejected"], where, "rejected")
     if prompt_key is not None:
         raw = row[prompt_key]
         prompt = (_turns_to_messages(raw, where, prompt_key, sharegpt=True) if isinstance(raw, list)

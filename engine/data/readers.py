@@ -271,6 +271,15 @@ def _text(value: Any, where: str, name: str) -> str:
     raise DataError(f"{where}: '{name}' must be text, got {type(value).__name__} {str(value)[:30]!r}")
 
 
+def reply_messages(value: Any, where: str, name: str) -> list[dict[str, Any]]:
+    """A preference row's `chosen` / `rejected` as turns: plain text (one assistant turn), one turn, or a list."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        return _turns_to_messages(value, where, name, sharegpt=True)
+    return [{"role": "assistant", "content": _text(value, where, name)}]
+
+
 def _require(record: Record, path: str, *names: str) -> None:
     missing = [name for name in names if name not in record.data or record.data[name] is None]
     if missing:
@@ -434,14 +443,7 @@ def to_conversation(record: Record, data_format: str, path: str, system_prompt: 
             prompt_messages = _turns_to_messages(row[prompt_key], where, prompt_key, sharegpt=True)
         else:
             prompt_messages = [{"role": "user", "content": _text(row[prompt_key], where, prompt_key)}]
-        chosen = row["chosen"]
-        if isinstance(chosen, dict):
-            chosen = [chosen]
-        if isinstance(chosen, list):
-            chosen_messages = _turns_to_messages(chosen, where, "chosen", sharegpt=True)
-        else:
-            chosen_messages = [{"role": "assistant", "content": _text(chosen, where, "chosen")}]
-        messages = prompt_messages + chosen_messages
+        messages = prompt_messages + reply_messages(row["chosen"], where, "chosen")
         tools = _tools(record, where)
     elif data_format == "text":
         _require(record, path, "text")

@@ -58,21 +58,22 @@ def send_command(run_dir: str | Path, command: str, **arguments: Any) -> Path:
     from engine.run.mirror import OUTBOX, read_remote
 
     if read_remote(paths.root) is not None:  # a mirror: the follower carries it to the remote run
-        outbox = paths.root / OUTBOX
-        outbox.mkdir(mode=0o700, exist_ok=True)
-        stamp = f"{time.time():.6f}-{os.getpid()}"
-        (outbox / f".{stamp}.tmp").write_text(json.dumps(payload))
-        return (outbox / f".{stamp}.tmp").rename(outbox / f"{stamp}-{command}.json")
+        folder = paths.root / OUTBOX
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return _write_command(folder, command, payload)
     if not paths.control.is_dir():
         raise RunError(f"{run_dir}: no control folder — the run is not accepting commands")
     if paths.control.stat().st_uid != os.getuid():
         raise RunError(f"{run_dir}: the run belongs to another user — only its owner can control it")
+    return _write_command(paths.control, command, {**payload, "ts": time.time()})
+
+
+def _write_command(folder: Path, command: str, payload: dict[str, Any]) -> Path:
+    """One command file, appearing whole (written aside, then renamed), named so files sort in arrival order."""
     stamp = f"{time.time():.6f}-{os.getpid()}"
-    final = paths.control / f"{stamp}-{command}.json"
-    tmp = paths.control / f".{stamp}-{command}.tmp"
-    tmp.write_text(json.dumps({**payload, "ts": time.time()}))
-    tmp.rename(final)
-    return final
+    tmp = folder / f".{stamp}-{command}.tmp"
+    tmp.write_text(json.dumps(payload))
+    return tmp.rename(folder / f"{stamp}-{command}.json")
 
 
 def take_commands(paths: RunPaths) -> tuple[list[dict[str, Any]], list[str]]:

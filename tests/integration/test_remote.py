@@ -125,7 +125,8 @@ def sshd(tmp_path):
     import getpass
     import os
     import shutil
-    import socket
+
+    from tests.ports import free_port, wait_for_port
 
     if not os.path.exists(SSHD) or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
         pytest.skip("no sshd / ssh here (Debian: apt install openssh-server openssh-client)")
@@ -134,9 +135,7 @@ def sshd(tmp_path):
     for name in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
     (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (keys / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
         f"PidFile {keys / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin yes\n"
@@ -144,12 +143,7 @@ def sshd(tmp_path):
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation folder, absent in containers
     server = subprocess.Popen([SSHD, "-D", "-f", str(keys / "sshd_config"), "-E", str(keys / "sshd.log")])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port)
     command = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
                f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
     try:

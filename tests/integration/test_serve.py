@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -17,15 +16,10 @@ import pytest
 
 from tests.integration.test_train_cli import LORADECK
 from tests.conftest import REPO
+from tests.ports import free_port, wait_for_port
 from tests.tui.test_monitor import live_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def status_of(url: str) -> int:
@@ -66,12 +60,7 @@ def served(tmp_path):
     match = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", line)
     assert match, line + server.stderr.read()
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_port(port)
         yield match.group(1), match.group(2), run_dir
     finally:
         server.terminate()
