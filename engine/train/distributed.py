@@ -61,9 +61,6 @@ def agree(local: Any, main: Any) -> tuple[Any, list[Any]]:
 class SilentEvents:
     """What a rank other than 0 writes to the run's event log: nothing (rank 0 speaks for the run)."""
 
-    offset = 0
-    on_full = None
-
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """The event, not written."""
         return {"type": event_type, **fields}

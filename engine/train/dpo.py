@@ -13,7 +13,6 @@ from pathlib import Path
 from engine.config import RunConfig
 from engine.train.sft import common_training_args, trainer_mixin
 
-REFERENCE_ADAPTER = "ref"  # the name DPOTrainer gives the frozen copy
 DPO_METRICS = {  # TRL's log key → the step event's field
     "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
     "rewards/margins": "reward_margin", "rewards/accuracies": "preference_accuracy",
