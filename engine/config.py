@@ -121,6 +121,9 @@ class DistributedSection:
     processes: int = spec(1, "Training processes (DistributedDataParallel through accelerate; one per GPU). 0: one "
                              "per visible GPU. On a CPU, processes share its cores (gloo): useful for tests.",
                           minimum=0, maximum=64)
+    strategy: str = spec("ddp", "How several processes share the model: ddp (each GPU holds the whole model; fastest "
+                                "when it fits) or fsdp (every GPU holds 1/N of the weights: a model too big for one "
+                                "GPU; CUDA only).", choices=("ddp", "fsdp"))
 
 
 @dataclass
@@ -404,6 +407,16 @@ def check_config(config: RunConfig, *, origin: str) -> None:
     if config.distributed.processes != 1 and config.train.tokens_per_batch:
         raise ConfigError(f"{origin}: train.tokens_per_batch plans batches for one process — set it to 0 with "
                           "distributed.processes other than 1")
+    if config.distributed.strategy == "fsdp":
+        if config.distributed.processes == 1:
+            raise ConfigError(f"{origin}: distributed.strategy = \"fsdp\" shards the model over several processes — "
+                              "set distributed.processes to 2 or more (0: every visible GPU)")
+        if config.session.with_optimizer:
+            raise ConfigError(f"{origin}: session.with_optimizer keeps the optimizer state, which FSDP shards over "
+                              "the GPUs — set it to false (bundles resume with a fresh optimizer and the same schedule)")
+        if config.backend.name == "unsloth":
+            raise ConfigError(f"{origin}: unsloth trains on one GPU — use backend.name=auto or transformers with "
+                              "distributed.strategy = \"fsdp\"")
     if config.train.method == "dpo" and (config.train.packing == "on" or config.train.tokens_per_batch):
         raise ConfigError(f"{origin}: train.packing = \"on\" and train.tokens_per_batch are for SFT — DPO batches "
                           "are padded pairs; set train.packing=auto and train.tokens_per_batch=0")

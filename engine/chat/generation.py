@@ -208,6 +208,16 @@ def _prefill_in_chunks(model, encoded: dict, adapter_names: list[str] | None, sh
     return None if should_stop() else cache
 
 
+def _sharded(model) -> bool:
+    """Whether FSDP shards the model (a training run's probes): its gathered-weight buffers outlive the call, so
+    they must not be made under inference mode, where training could no longer write them."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, *,
                  adapter_names: list[str] | None = None, on_text: Callable[[int, str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
@@ -260,7 +270,7 @@ def answer_batch(model, tokenizer, conversations: list[list[dict[str, str]]], se
         kwargs["adapter_names"] = adapter_names
     torch.manual_seed(settings.seed)
     started = time.monotonic()
-    with torch.inference_mode():
+    with torch.inference_mode(not _sharded(model)):
         cache = _prefill_in_chunks(model, encoded, adapter_names, should_stop)
         if cache is None:
             cancelled[0] = True

@@ -48,9 +48,9 @@ def target_modules(config) -> str | list[str]:
     return "all-linear" if modules == ["all-linear"] else modules
 
 
-def build_peft_model(config, device: str, backend: BackendChoice, progress):
+def build_peft_model(config, device: str, backend: BackendChoice, progress, *, sharded: bool = False):
     """The base model wrapped with a trainable LoRA adapter — fresh, or `model.adapter` continued — and its
-    tokenizer."""
+    tokenizer. `sharded`: FSDP will shard it over several processes (see `load_model`)."""
     if backend.name == "unsloth":
         if config.model.adapter:
             raise ConfigError("model.adapter (continue an adapter) runs on the transformers backend — set "
@@ -62,7 +62,7 @@ def build_peft_model(config, device: str, backend: BackendChoice, progress):
 
     tokenizer = load_tokenizer(config.model.name, progress)
     model = load_model(config.model.name, load_in_4bit=config.model.load_in_4bit, dtype=config.model.dtype,
-                       device=device, progress=progress)
+                       device=device, progress=progress, sharded=sharded)
     if config.model.load_in_4bit and config.train.gradient_checkpointing:
         # Not peft's prepare_model_for_kbit_training: it upcasts embeddings, lm_head and norms to fp32 (on an
         # 8B model ~2 GB more weights and a 2.2× slower step). They stay in the compute dtype (RMSNorm computes

@@ -247,18 +247,32 @@ def choose_dtype(setting: str, device: str):
     return dtype_choice(setting, device)[0]
 
 
+def local_cuda_index() -> int:
+    """The GPU this process uses: its local rank when a launcher started several (each rank on its own GPU),
+    else 0."""
+    try:
+        return max(0, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        return 0
+
+
 def load_model(name: str, *, load_in_4bit: bool = False, dtype: str = "auto", device: str | None = None,
-               progress: Callable[[str], None] = _stderr_progress):
-    """Load a causal LM for `model.name` on `device` (default: the best one).
+               progress: Callable[[str], None] = _stderr_progress, sharded: bool = False):
+    """Load a causal LM for `model.name` on `device` (default: the best one; "cuda" is this rank's own GPU).
 
     `load_in_4bit` quantizes with bitsandbytes NF4 + double quantization (QLoRA);
-    it works on CPU as well as CUDA.
+    it works on CPU as well as CUDA. `sharded` (FSDP over several processes): the 4-bit weights are stored in the
+    compute dtype, the documented recipe that lets FSDP shard them like every other weight; other weights stay in
+    host memory, from where FSDP moves each rank's shard (only) onto its GPU — a model too big for one GPU loads.
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = device or best_device()
     torch_dtype = choose_dtype(dtype, device)
+    if device == "cuda":
+        device = f"cuda:{local_cuda_index()}"
+        torch.cuda.set_device(device)
     quiet_transformers()
     source = resolve_model(name, progress)
     kwargs = {"dtype": torch_dtype}
@@ -267,13 +281,13 @@ def load_model(name: str, *, load_in_4bit: bool = False, dtype: str = "auto", de
         # fp32 on CPUs that would only emulate bf16.
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype)
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+            bnb_4bit_compute_dtype=torch_dtype, **({"bnb_4bit_quant_storage": torch_dtype} if sharded else {}))
+        kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise _offline_error(name, exc) from None
-    if not load_in_4bit:
+    if not load_in_4bit and not sharded:
         model.to(device)
     return model
 

@@ -142,6 +142,7 @@ class RunSummary:
     backend: str | None = None
     method: str | None = None  # sft or dpo (from model_loaded)
     world_size: int = 1  # training processes
+    sharded: bool = False  # the processes shard the model (FSDP) instead of each holding all of it (DDP)
     message: str | None = None
     checkpoints: int = 0
     last_checkpoint: str | None = None
@@ -178,6 +179,7 @@ def apply_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.method = method if method in ("sft", "dpo") else summary.method
         world = event.get("world_size")
         summary.world_size = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
+        summary.sharded = event.get("strategy") == "fsdp" and summary.world_size > 1
     elif kind == "step":
         summary.loss = event.get("loss", summary.loss)
         summary.learning_rate = event.get("lr", summary.learning_rate)

@@ -106,12 +106,15 @@ def process_memory() -> dict[str, int | None]:
             "peak_allocated": torch.cuda.max_memory_allocated()}
 
 
-def rank_memory(rank: int) -> dict[str, Any]:
+def rank_memory(rank: int, weights: int | None = None) -> dict[str, Any]:
     """One training process's own figures, as rank 0 gathers them from every rank: its CUDA device, allocator
-    figures and resident memory."""
+    figures, resident memory and (`weights`) the bytes of model weights it holds — all of them with DDP, its
+    shard with FSDP."""
     import psutil
 
     figures: dict[str, Any] = {"rank": rank, **process_memory(), "rss": psutil.Process(os.getpid()).memory_info().rss}
+    if weights is not None:
+        figures["weights"] = weights
     try:
         import torch
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from engine.run.control import take_commands
 from engine.run.telemetry import rank_memory
 from engine.train.batches import padding_share
-from engine.train.distributed import agree
+from engine.train.distributed import agree, held_weight_bytes
 from engine.train.dpo import dpo_step_fields
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ def run_directory_callback_class():
             self.gather_memory = False  # several ranks: each sends its memory figures with the next step's decision
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if args.world_size > 1 and self.run.model is not None:
+                # Prepared by now, and before any forward: FSDP holds only shards until one gathers a layer.
+                self.run.held_weights = held_weight_bytes(self.run.model)
             self.run.run_probes(state.global_step)  # the starting behaviour, before any step is timed
             self.last_log_time = time.monotonic()
             self.last_log_tokens = state.num_input_tokens_seen or 0
@@ -65,7 +68,7 @@ def run_directory_callback_class():
             run.step_seconds.append(max(0.0, time.monotonic() - self.last_step_end - run.eval_overhead))
             run.eval_overhead = 0.0
             local_stop = run.stop.reason  # a signal this process received
-            memory = rank_memory(args.process_index) if self.gather_memory else None
+            memory = rank_memory(args.process_index, run.held_weights) if self.gather_memory else None
             decision = None
             if run.main:  # rank 0 reads the commands and asks the clock; every rank follows its decision
                 commands, refused = take_commands(run.paths)
@@ -84,20 +87,21 @@ def run_directory_callback_class():
                 save_due = bool(every and state.global_step % every == 0 and state.global_step < state.max_steps)
                 if not run.stop.reason:
                     run.stop.reason = run.should_stop_after_step(state, control, save_due=save_due)
+                if save_due:
+                    run.request_save("periodic")
+                run.after_step(state, control)
                 telemetry_due = time.monotonic() - self.last_telemetry >= self.telemetry_every_s
-                decision = {"stop": run.stop.reason, "save_due": save_due, "telemetry": telemetry_due}
+                # The saves too: with FSDP every rank takes part in gathering the adapter a save writes.
+                decision = {"stop": run.stop.reason, "saves": list(run.pending_saves), "telemetry": telemetry_due}
             decision, locals_ = agree((local_stop, memory), decision)
             signalled = [stop_reason for stop_reason, _ in locals_]
             stop = decision["stop"] or next((reason for reason in signalled if reason), None)
-            save_due = decision["save_due"]
+            run.pending_saves = [] if stop else list(decision["saves"])  # stopping: the final save follows
             if stop:
                 run.stop.reason = run.stop.reason or stop
                 control.should_training_stop = True
                 control.should_evaluate = False  # the final save matters more than one more eval
                 return control
-            if save_due:
-                run.request_save("periodic")
-            run.after_step(state, control)
             several = args.world_size > 1
             if several and self.gather_memory:  # the figures every rank sent with this step's decision
                 run.emit_telemetry(state.global_step, ranks=[figures for _, figures in locals_])

@@ -122,11 +122,12 @@ def building(target: Path):
 
 
 def write_checkpoint(target: Path, *, model, state: dict[str, Any], config_toml: str,
-                     extra_files: dict[str, Any] | None = None) -> Path:
+                     extra_files: dict[str, Any] | None = None, adapter_state: dict[str, Any] | None = None) -> Path:
     """Save the adapter (PEFT format), `state.json`, `config.toml` and extra torch files into `target`, atomically.
 
     `extra_files` maps file names to objects saved with `torch.save` (scheduler,
-    optimizer or RNG state). Existing `target` folders are replaced whole.
+    optimizer or RNG state); `adapter_state` is the adapter's weights when the model's own are shards (FSDP).
+    Existing `target` folders are replaced whole.
     """
     import torch
 
@@ -136,7 +137,8 @@ def write_checkpoint(target: Path, *, model, state: dict[str, Any], config_toml:
         adapters = getattr(model, "peft_config", None) or {}
         # Only the trained adapter: DPO keeps a frozen reference copy beside it ("ref") that is not the result.
         model.save_pretrained(str(tmp), **({"selected_adapters": ["default"]} if len(adapters) > 1
-                                           and "default" in adapters else {}))
+                                           and "default" in adapters else {}),
+                              **({"state_dict": adapter_state} if adapter_state is not None else {}))
         for name, value in (extra_files or {}).items():
             if isinstance(value, str):
                 (tmp / name).write_text(value, encoding="utf-8")

@@ -1,7 +1,8 @@
 """Several training processes, one run: ranks, launching, and decisions every rank takes together.
 
 The processes are started by `accelerate launch` (which runs torch.distributed's launcher), so accelerate's own
-configs work; the Trainer sets up DistributedDataParallel (NCCL on GPUs, gloo on CPUs). Rank 0 owns the run
+configs work; the Trainer sets up DistributedDataParallel (NCCL on GPUs, gloo on CPUs), or with
+`distributed.strategy = "fsdp"` accelerate's FSDP2, every rank holding a shard of each weight. Rank 0 owns the run
 directory — events, checkpoints, bundles, probes, control commands, the session clock — and every step its
 decision (stop or go, saves due) reaches every rank in one collective, so no rank waits alone in a collective
 the others have left.
@@ -21,6 +22,60 @@ def process_rank() -> tuple[int, int]:
         return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 0, 1
+
+
+# Accelerate shards models (FSDP) only across GPUs. The tests teach it to shard over CPU processes (gloo) with a
+# shim on the ranks' PYTHONPATH, which sets this so the engine lets the run start.
+FSDP_ON_CPU_ENV = "LORADECK_FSDP_ON_CPU"
+
+
+def check_strategy(strategy: str, device: str) -> None:
+    """Refuse a strategy this machine cannot run, in one line, before any process starts or model loads."""
+    from engine.errors import ConfigError
+
+    if strategy == "fsdp" and not device.startswith("cuda") and os.environ.get(FSDP_ON_CPU_ENV) != "1":
+        raise ConfigError("distributed.strategy = \"fsdp\" shards the model across CUDA GPUs and none is visible "
+                          "— use distributed.strategy=ddp here")
+
+
+def shards_model(strategy: str) -> bool:
+    """Whether this run's weights are sharded over its processes (FSDP with more than one)."""
+    return strategy == "fsdp" and process_rank()[1] > 1
+
+
+def fsdp_training_args() -> dict[str, Any]:
+    """TrainingArguments for FSDP through accelerate: FSDP2 (per-parameter sharding, so the frozen base and the
+    trainable LoRA weights of one layer share a unit), one unit per decoder layer (the model's own
+    `_no_split_modules`), full weights gathered for a layer's forward and freed after it. Checkpointing stays the
+    model's own (`train.gradient_checkpointing`): FSDP's activation checkpointing wraps every layer in a module
+    whose name PEFT's adapter saving does not expect."""
+    return {"fsdp": True,
+            "fsdp_config": {"version": 2, "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT",
+                            "activation_checkpointing": False}}
+
+
+def full_trainable_state(model) -> dict[str, Any] | None:
+    """The trainable weights (the adapter) whole, gathered from every rank's shard, on CPU; every rank must call
+    it at the same point (one collective per tensor). None when the weights are not sharded."""
+    from torch.distributed.tensor import DTensor
+
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if not any(isinstance(param, DTensor) for _, param in trainable):
+        return None
+    return {name: (param.full_tensor() if isinstance(param, DTensor) else param).detach().cpu()
+            for name, param in trainable}
+
+
+def held_weight_bytes(model) -> int:
+    """Bytes of model weights this process holds: every parameter whole, or only its own shard of each one a
+    strategy shards (FSDP's DTensor parameters)."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for param in model.parameters():
+        local = param.to_local() if isinstance(param, DTensor) else param
+        total += local.numel() * local.element_size()
+    return total
 
 
 def resolve_processes(setting: int) -> int:

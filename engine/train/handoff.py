@@ -208,6 +208,11 @@ def open_bundle(path: str | Path, overrides: list[str] = ()) -> Bundle:
         overrides = ["session.deadline="] + list(overrides)
         notes.append(f"the bundle's session deadline ({original.session.deadline}) belonged to the old session "
                      "and is dropped; pass --deadline or --session for this one")
+    if original.distributed.strategy == "fsdp" and "distributed.processes=1" in overrides \
+            and not any(o.startswith("distributed.strategy=") for o in overrides):
+        overrides = list(overrides) + ["distributed.strategy=ddp"]
+        notes.append("saved with FSDP, resumed by one process: distributed.strategy fsdp -> ddp (nothing to shard; "
+                     "the one process holds the whole model)")
     checked = ["batch_size", "grad_accum", "seed", "group_by_length"]
     if "group_by_length" not in state and not any(o.startswith("train.group_by_length=") for o in overrides):
         # Saved before batches were grouped by length: replay that run's plain shuffled order.

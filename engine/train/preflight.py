@@ -164,7 +164,13 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     estimate = weights + lora + activations
     available = _available(device)
     measured = reserved = None
-    if measure:
+    processes = 1
+    if config.distributed.processes != 1:
+        from engine.train.distributed import resolve_processes
+
+        processes = resolve_processes(config.distributed.processes)
+    sharded = config.distributed.strategy == "fsdp" and processes > 1
+    if measure and not sharded:
         progress(f"probing one forward + backward on the longest batch ({rows} x {tokens} tokens)")
         if config.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -189,17 +195,25 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
                 step()
             measured = int(peak.peak)
     need = measured if measured is not None else estimate
+    if sharded:  # each GPU will hold 1/N of the model: the estimate for one of them, not a whole-model probe
+        layers = max(1, getattr(getattr(model.config, "get_text_config", lambda: model.config)(),
+                                "num_hidden_layers", 1))
+        gathered = 2 * weights / layers  # the layer being computed and the next one, fetched ahead
+        need = weights / processes + gathered + lora / processes + activations
     ratio = need / available if available else float("inf")
     verdict = FITS if ratio < 0.8 else TIGHT if ratio < 0.95 else WONT_FIT
-    reasons = [f"needs {need / 1e9:.2f} GB ({'measured' if measured is not None else 'estimated'}) of "
+    how = "estimated per GPU" if sharded else "measured" if measured is not None else "estimated"
+    reasons = [f"needs {need / 1e9:.2f} GB ({how}) of "
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
                f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW "
                f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {rows} x {tokens} tokens"
                + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else "")]
-    if config.distributed.processes != 1:
-        from engine.train.distributed import resolve_processes
-
-        processes = resolve_processes(config.distributed.processes)
+    if sharded:
+        reasons.append(f"per GPU, with {processes} processes and FSDP: 1/{processes} of the weights "
+                       f"({weights / processes / 1e9:.2f} GB), two layers gathered at a time ({gathered / 1e9:.2f} GB), "
+                       f"1/{processes} of the LoRA state and {rows} x {tokens} tokens of activations (not probed: "
+                       "one process holding the whole model is not what training meets)")
+    elif processes > 1:
         reasons.append(f"per GPU, with {processes} processes: DistributedDataParallel keeps the whole model on each "
                        f"GPU and {rows} x {tokens} tokens of activations per process (global batch "
                        f"{processes * config.train.batch_size * config.train.grad_accum} rows)")

@@ -86,6 +86,7 @@ class TrainingRun:
         self.reference: Path | None = None  # RUN_DIR/reference: the adapter this run continued (bundles carry it)
         self.main = True  # rank 0 (or the only process): writes the run directory; other ranks only train
         self.rank_pids: list[int] = []  # every rank's pid, gathered when training begins
+        self.held_weights: int | None = None  # bytes of weights this rank holds (several processes)
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
@@ -194,19 +195,23 @@ class TrainingRun:
         naming what is kept; the final save raises RunError instead. Returns the checkpoint, or None if skipped
         (always on ranks other than 0: rank 0 writes the run's files).
         """
+        adapter_state = self.gather_adapter()
+        step = self.trainer.state.global_step
         if not self.main:
             self.pending_saves.clear()
+            self.probe_with_rank_0(step, reason, adapter_state)
             return None
-        step = self.trainer.state.global_step
         if not final and self.last_save_bytes:
             free = free_bytes(self.paths.root)
             if free < self.last_save_bytes * 1.2 + RESERVE_BYTES:
                 self.save_skipped(step, f"skipped the {reason} checkpoint at step {step}: {free / 1e6:.0f} MB free, "
                                         f"a checkpoint takes about {self.last_save_bytes / 1e6:.0f} MB — "
                                         f"{self.kept_saves()} kept; {DISK_ADVICE}")
+                self.probe_with_rank_0(step, reason, adapter_state)
                 return None
         try:
-            saved = self._write_save(step, reason, final, skipped=self.saves_skipped_in_a_row)
+            saved = self._write_save(step, reason, final, skipped=self.saves_skipped_in_a_row,
+                                     adapter_state=adapter_state)
         except Exception as exc:
             if not is_disk_full(exc, self.paths.root):
                 raise
@@ -215,6 +220,7 @@ class TrainingRun:
             if final:
                 raise RunError(message) from None
             self.save_skipped(step, message)
+            self.probe_with_rank_0(step, reason, adapter_state)
             return None
         if self.saves_skipped_in_a_row:
             self.saves_skipped_in_a_row = 0
@@ -241,7 +247,23 @@ class TrainingRun:
             return "nothing was saved before it, so nothing is"
         return " and ".join(parts) + (" are" if len(parts) > 1 else " is")
 
-    def _write_save(self, step: int, reason: str, final: bool, skipped: int = 0) -> Path:
+    def probe_with_rank_0(self, step: int, reason: str, adapter_state) -> None:
+        """With FSDP the probes at a save need every rank: where rank 0 probes inside its save, the others (and
+        rank 0 itself when it skipped the save) probe here, so all generate together."""
+        if adapter_state is not None and reason in PROBE_AT_SAVES:
+            self.run_probes(step)
+
+    def gather_adapter(self) -> dict[str, Any] | None:
+        """With FSDP every rank holds a shard of the adapter: all ranks gather it whole here (rank 0 writes it).
+        None otherwise (the model's own weights are whole)."""
+        if self.config.distributed.strategy != "fsdp" or self.model is None:
+            return None
+        from engine.train.distributed import full_trainable_state
+
+        return full_trainable_state(self.model)
+
+    def _write_save(self, step: int, reason: str, final: bool, skipped: int = 0,
+                    adapter_state: dict[str, Any] | None = None) -> Path:
         from engine.train.checkpoint import write_linked_folder
         from engine.train.handoff import write_handoff
 
@@ -249,7 +271,7 @@ class TrainingRun:
         target = self.paths.checkpoints / f"step-{step:06d}"
         state = self.state_dict(reason)
         write_checkpoint(target, model=self.model, state=state, config_toml=dumps_config(self.config),
-                         extra_files=self.extra_files())
+                         extra_files=self.extra_files(), adapter_state=adapter_state)
         handoff = write_handoff(self.paths.handoff, target, state, self.config, self.data_files, self.reference)
         if final:
             write_linked_folder(self.paths.adapter, target)
@@ -280,9 +302,13 @@ class TrainingRun:
 
         A failure here is a warning, never the end of the run.
         """
+        from engine.train.distributed import shards_model
+
         prompts = self.config.probe.prompts
-        if not self.main or not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
+        if not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
             return
+        if not self.main and not shards_model(self.config.distributed.strategy):
+            return  # FSDP: every rank takes part in each forward (greedy, so in step); rank 0 writes the answers
         from engine.chat.generation import GenerationSettings, answer_batch
 
         self.probed_step = step
@@ -293,7 +319,7 @@ class TrainingRun:
             result = answer_batch(self.model, self.tokenizer, [[{"role": "user", "content": p}] for p in prompts],
                                   GenerationSettings(max_new_tokens=self.config.probe.max_new_tokens))
         except Exception as exc:  # a probe must never cost the run
-            self.events.emit("warning", step=step, message=f"probe generation failed: {exc}")
+            self.events.emit("warning", step=step, message=f"probe generation failed: {str(exc)[:300]}")
             return
         finally:
             self.model.train(was_training)
@@ -573,7 +599,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
     from engine.models.adapters import resolve_adapter
-    from engine.train.distributed import process_rank
+    from engine.train.distributed import check_strategy, process_rank, shards_model
     from engine.train.handoff import keep_reference_adapter, resumed_line, snapshot_data_files
 
     config, events = run.config, run.events
@@ -583,6 +609,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
         bundle_state = verify_checkpoint(resume_from)
     device = best_device()
+    check_strategy(config.distributed.strategy, device)
     backend = choose_backend(config.backend.name, device)
     torch.manual_seed(config.train.seed)
     if run.main:
@@ -599,7 +626,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                                      system_prompt=config.data.system_prompt)
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
-    model, tokenizer = build_peft_model(config, device, backend, say)
+    model, tokenizer = build_peft_model(config, device, backend, say, sharded=shards_model(config.distributed.strategy))
     run.load_seconds = time.monotonic() - loaded_at
     run.model = model
     run.tokenizer = tokenizer
@@ -651,7 +678,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                 trainable_params=trainable, total_params=total, seconds=round(time.monotonic() - loaded_at, 2),
                 data_format=data_format, format_reason=format_reason, train_rows=train_rows,
                 eval_rows=eval_rows, max_steps=max_steps, method=config.train.method,
-                adapter_from=config.model.adapter or None, train_tokens=sum(lengths) if lengths else None)
+                adapter_from=config.model.adapter or None, train_tokens=sum(lengths) if lengths else None,
+                strategy=config.distributed.strategy if process_rank()[1] > 1 else None)
     say(f"{data_format} data: {train_rows} train / {eval_rows} eval {'pairs' if dpo else 'rows'}; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps"
         + (f"; DPO (beta {config.train.dpo_beta}, {config.train.dpo_loss} loss)" if dpo else ""))
@@ -693,7 +721,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
-    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name)
+    # FSDP: the output head's weights are shards outside the model's forward, so the model computes its own loss.
+    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name) and not shards_model(config.distributed.strategy)
     if token_plan is not None:
         trainer.loradeck_token_plan = token_plan
     elif config.train.group_by_length and lengths:

@@ -159,8 +159,11 @@ def common_training_args(config: RunConfig, output_dir: Path, has_eval: bool, de
     """The TrainingArguments every method shares, chosen for the device rather than TRL's GPU defaults."""
     import torch
 
+    from engine.train.distributed import fsdp_training_args, shards_model
+
     report_to = list(config.train.report_to) or "none"
-    return dict(
+    sharded = shards_model(config.distributed.strategy)
+    args = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.train.batch_size,
         per_device_eval_batch_size=config.train.batch_size,
@@ -192,6 +195,9 @@ def common_training_args(config: RunConfig, output_dir: Path, has_eval: bool, de
         use_cpu=device == "cpu",
         save_only_model=True,
     )
+    if sharded:
+        args.update(fsdp_training_args())
+    return args
 
 
 def build_sft_config(config: RunConfig, output_dir: Path, has_eval: bool, device: str, torch_dtype,

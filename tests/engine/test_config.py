@@ -119,3 +119,36 @@ def test_a_seed_beyond_32_bits_is_a_config_error_naming_the_limit():
     with pytest.raises(ConfigError, match="below the minimum 0"):
         load_config(None, ["train.seed=-1"])
     assert load_config(None, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1
+
+
+def test_fsdp_needs_several_processes_no_optimizer_state_and_the_transformers_backend():
+    import pytest
+
+    from engine.errors import ConfigError
+
+    sharded = ["distributed.strategy=fsdp", "distributed.processes=2"]
+    assert load_config(None, sharded).distributed.strategy == "fsdp"
+    assert load_config(None, ["distributed.strategy=fsdp", "distributed.processes=0"]).distributed.processes == 0
+    with pytest.raises(ConfigError, match="set distributed.processes to 2 or more"):
+        load_config(None, ["distributed.strategy=fsdp"])
+    with pytest.raises(ConfigError, match="session.with_optimizer keeps the optimizer state, which FSDP shards"):
+        load_config(None, [*sharded, "session.with_optimizer=true"])
+    with pytest.raises(ConfigError, match="unsloth trains on one GPU"):
+        load_config(None, [*sharded, "backend.name=unsloth"])
+    with pytest.raises(ConfigError, match="distributed.strategy.*'zero3'"):
+        load_config(None, ["distributed.strategy=zero3"])
+
+
+def test_fsdp_without_cuda_is_refused_unless_the_test_shim_taught_accelerate(monkeypatch):
+    import pytest
+
+    from engine.errors import ConfigError
+    from engine.train.distributed import FSDP_ON_CPU_ENV, check_strategy
+
+    monkeypatch.delenv(FSDP_ON_CPU_ENV, raising=False)
+    check_strategy("ddp", "cpu")
+    check_strategy("fsdp", "cuda")
+    with pytest.raises(ConfigError, match="shards the model across CUDA GPUs and none is visible"):
+        check_strategy("fsdp", "cpu")
+    monkeypatch.setenv(FSDP_ON_CPU_ENV, "1")
+    check_strategy("fsdp", "cpu")

@@ -216,6 +216,15 @@ def _say_session(clock: tuple[float, str] | None) -> None:
               "the run saves a handoff bundle and stops before it", flush=True)
 
 
+def _check_strategy(config) -> None:
+    """A strategy this machine cannot run is refused in one line before a run directory or process exists."""
+    if config.distributed.strategy != "ddp":
+        from engine.models.loading import best_device
+        from engine.train.distributed import check_strategy
+
+        check_strategy(config.distributed.strategy, best_device())
+
+
 def _cmd_train(args) -> int:
     from engine.config import load_config
     from engine.train.launcher import new_run_dir, prepare_run_dir
@@ -223,6 +232,7 @@ def _cmd_train(args) -> int:
     from engine.train.session import check_session
 
     config = load_config(args.config, args.overrides + _session_overrides(args))
+    _check_strategy(config)
     _say_session(check_session(config.session))
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.runs_dir, Path(args.config).stem)
     return _start_training(args, config, prepare_run_dir(run_dir, config))
@@ -251,6 +261,7 @@ def _cmd_resume(args) -> int:
 
     overrides = args.overrides + _session_overrides(args)
     bundle = open_bundle(args.bundle, overrides)
+    _check_strategy(bundle.config)
     _say_session(check_session(bundle.config.session))
     for note in bundle.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -92,7 +92,7 @@ def progress_line(history: RunHistory) -> str:
     parts = [f"[b]{summary.run_id}[/b]", f"[{STATUS_STYLE.get(summary.status, '$text-muted')}]{summary.status}[/]",
              f"step {steps}", f"epoch {format_number(summary.epoch, 3)}"]
     if summary.world_size > 1:
-        parts.append(f"{summary.world_size} processes")
+        parts.append(f"{summary.world_size} processes" + (" (FSDP)" if summary.sharded else ""))
     if eta is not None:
         parts.append(f"ETA {format_duration(eta)}")
     if summary.message and summary.status != "running":
@@ -151,7 +151,9 @@ def device_text(history: RunHistory) -> str:
         where = f" GPU{figures['device']}" if isinstance(figures.get("device"), int) else ""
         own = (f"alloc {format_bytes(figures.get('allocated'))} peak {format_bytes(figures.get('peak_allocated'))}"
                if figures.get("allocated") is not None else f"RSS {format_bytes(figures.get('rss'))}")
-        lines.append(f"rank {figures.get('rank', '?')}{where}: {own}")
+        held = figures.get("weights")
+        lines.append(f"rank {figures.get('rank', '?')}{where}: {own}"
+                     + (f" wts {format_bytes(held)}" if isinstance(held, int) and history.summary.sharded else ""))
     process = event.get("process") or {}
     if process and not ranks:
         lines.append(f"this run: alloc {format_bytes(process.get('allocated'))} "

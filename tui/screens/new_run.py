@@ -34,6 +34,7 @@ FORM_FIELDS = (
     ("train.grad_accum", "grad accumulation"),
     ("data.max_length", "max length (tokens)"),
     ("distributed.processes", "processes (GPUs)"),
+    ("distributed.strategy", "multi-GPU strategy"),
     ("session.budget", "session budget"),
     ("session.preset", "session preset"),
 )

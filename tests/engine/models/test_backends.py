@@ -76,3 +76,19 @@ def test_qlora_keeps_embeddings_and_head_in_the_compute_dtype(tiny_model_dir):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n), "fp32 adapters"
     assert base.get_input_embeddings().weight.nbytes == base.get_input_embeddings().weight.numel() * 2
+
+
+def test_qlora_for_fsdp_stores_the_4bit_weights_in_the_compute_dtype(tiny_model_dir):
+    """FSDP shards floating-point storage only: the documented recipe stores NF4 in the compute dtype."""
+    import torch
+
+    from engine.config import load_config
+    from engine.models.backends import build_peft_model, choose_backend
+
+    config = load_config(None, [f"model.name={tiny_model_dir}", "model.load_in_4bit=true", "model.dtype=float32",
+                                "distributed.strategy=fsdp", "distributed.processes=2"])
+    model, _ = build_peft_model(config, "cpu", choose_backend("transformers", "cpu"), lambda message: None,
+                                sharded=True)
+    quantized = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert type(quantized).__name__ == "Params4bit" and quantized.dtype == torch.float32
+    assert quantized.quant_state.dtype == torch.float32
