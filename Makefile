@@ -33,6 +33,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/large_log.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/eval_speed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/export_speed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/distributed_speed.py
 
 # The fault matrix: kills, a full disk (root: a tmpfs per trial), races, hostile input (~25 min on 2 cores).
 faults: setup

@@ -325,3 +325,29 @@ async def test_a_dpo_run_plots_its_reward_margin_and_accuracy_beside_the_loss(tm
         await pilot.pause(0.3)
         table = app.screen.query_one("#runs-table")
         assert str(table.get_row_at(0)[7]).endswith("· DPO")
+
+
+async def test_a_two_process_fsdp_run_shows_both_gpus_and_every_ranks_share(tmp_path):
+    run_dir = tmp_path / "runs" / "two"
+    run_dir.mkdir(parents=True)
+    gib = 1024 ** 3
+    set_backend_factory(FakeT4Backend)  # two T4s, as on Kaggle
+    try:
+        telemetry = collect_telemetry([
+            {"rank": rank, "device": rank, "allocated": (3 + rank) * gib, "peak_allocated": (5 + rank) * gib,
+             "rss": gib, "weights": 2 * gib} for rank in (0, 1)])
+    finally:
+        set_backend_factory(__import__("engine.run.telemetry", fromlist=["NvmlBackend"]).NvmlBackend)
+    append(run_dir, {"type": "started", "model": "llama-8b", "pid": 1, "host": "kaggle", "world_size": 2},
+           {"type": "model_loaded", "backend": "transformers", "device": "cuda", "max_steps": 100,
+            "strategy": "fsdp", "world_size": 2},
+           {"type": "step", "step": 1, "loss": 2.0, "max_steps": 100, "world_size": 2},
+           {"type": "telemetry", "step": 1, **telemetry, "world_size": 2})
+    app = LoradeckApp(runs_dir=run_dir.parent, attach_to=run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: "rank 1" in text_of(app, "#device-text"))
+        devices = text_of(app, "#device-text")
+        assert "GPU0 Tesla T4" in devices and "GPU1 Tesla T4" in devices
+        assert "rank 0 GPU0: alloc 3.2 GB peak 5.4 GB wts 2.1 GB" in devices
+        assert "rank 1 GPU1: alloc 4.3 GB peak 6.4 GB wts 2.1 GB" in devices
+        assert "2 processes (FSDP)" in text_of(app, "#progress-line")
