@@ -9,6 +9,7 @@ import signal
 import pytest
 from textual.widgets import Input, Static
 
+from engine.chat.generation import GenerationSettings
 from tests.integration.test_chat_cli import fake_run_with_adapter
 from tests.tui.pilot_helpers import type_text, wait_until
 from tui.app import LoradeckApp
@@ -44,6 +45,7 @@ def test_panes_stream_side_by_side_and_keep_their_own_conversations(chat_run, tm
         app = LoradeckApp(tmp_path / "runs", chat=(None, [str(chat_run)], False))
         async with app.run_test(size=(120, 36)) as pilot:
             screen = await open_chat(pilot, app)
+            screen.settings = GenerationSettings(max_new_tokens=24)  # streaming is the point, not long answers
             events = record_events(screen)
             assert screen.labels == ["base", "demo-run"]
             assert "one copy" in str(app.screen.query_one("#chat-status", Static).render())
@@ -91,6 +93,7 @@ def test_blind_rating_hides_labels_reveals_after_rating_and_saves_preferences(ch
         app = LoradeckApp(tmp_path / "runs", chat=(None, [str(chat_run)], False))
         async with app.run_test(size=(120, 36)) as pilot:
             screen = await open_chat(pilot, app)
+            screen.settings = GenerationSettings(max_new_tokens=24)  # the verdicts are the point, not long answers
             screen.rng = random.Random(1)  # some rounds swap sides, some do not
             await pilot.press("ctrl+b")
             assert screen.blind
@@ -147,6 +150,7 @@ def test_a_killed_worker_is_reported_and_restarted_and_the_screen_keeps_working(
             await wait_until(pilot, lambda: any("chat worker stopped" in n.message for n in app._notifications), timeout=5)
             await wait_until(pilot, lambda: screen.worker_state == "ready")
             assert screen.client.process.pid != first_pid
+            screen.settings = GenerationSettings(max_new_tokens=8)
             await type_text(pilot, "hello")
             await pilot.press("enter")
             await wait_until(pilot, lambda: not screen.generating)
@@ -177,6 +181,7 @@ def test_t_on_a_dpo_run_rates_it_again_blind_against_its_starting_adapter_on_the
             await select_run(pilot, app, "dpo")
             await pilot.press("t")  # one key
             screen = await open_chat(pilot, app)
+            screen.settings = GenerationSettings(max_new_tokens=24)
             assert screen.labels == ["base", "dpo", "sft"] and screen.blind
             assert screen._blind_pair() == ("dpo", "sft"), "the DPO adapter against the one it started from"
             assert [item.text for item in screen.prompt_set] == ["Question 0?", "Question 1?", "Question 2?"]
