@@ -38,6 +38,7 @@ class PreflightReport:
     verdict: str
     reasons: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    per_gpu_bytes: int | None = None  # several processes sharding the model (FSDP): what one GPU holds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,7 +211,8 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
                + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else "")]
     if sharded:
         reasons.append(f"per GPU, with {processes} processes and FSDP: 1/{processes} of the weights "
-                       f"({weights / processes / 1e9:.2f} GB), two layers gathered at a time ({gathered / 1e9:.2f} GB), "
+                       f"({weights / processes / 1e9:.2f} GB), two layers gathered at a time "
+                       f"({gathered / 1e9:.2f} GB), "
                        f"1/{processes} of the LoRA state and {rows} x {tokens} tokens of activations (not probed: "
                        "one process holding the whole model is not what training meets)")
     elif processes > 1:
@@ -238,7 +240,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
                            lora_params=trainable, lora_bytes=lora, activation_bytes=activations,
                            estimate_bytes=estimate, longest_tokens=tokens, batch_size=config.train.batch_size,
                            measured_peak_bytes=measured, measured_reserved_bytes=reserved,
-                           available_bytes=available, verdict=verdict,
+                           available_bytes=available, verdict=verdict, per_gpu_bytes=int(need) if sharded else None,
                            reasons=reasons, suggestions=suggestions)
 
 

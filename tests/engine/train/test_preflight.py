@@ -61,3 +61,17 @@ def test_preflight_with_several_processes_sizes_one_gpu_and_says_so(small_model_
 
     report = run_preflight(tiny_config(small_model_dir, "distributed.processes=2"), measure=False)
     assert any(r.startswith("per GPU, with 2 processes") and "global batch 4 rows" in r for r in report.reasons)
+
+
+def test_preflight_with_fsdp_estimates_one_gpus_shard_instead_of_probing_the_whole_model(small_model_dir):
+    from engine.train.preflight import run_preflight
+    from tests.conftest import tiny_config
+
+    whole = run_preflight(tiny_config(small_model_dir, "distributed.processes=2"), measure=False)
+    sharded = run_preflight(tiny_config(small_model_dir, "distributed.processes=2", "distributed.strategy=fsdp"))
+    assert sharded.measured_peak_bytes is None, "no whole-model probe: it is not what an FSDP rank meets"
+    assert any(r.startswith("per GPU, with 2 processes and FSDP: 1/2 of the weights") for r in sharded.reasons)
+    gathered = 2 * whole.weights_bytes / 2  # two layers at a time, of the tiny config's two
+    expected = whole.weights_bytes / 2 + gathered + whole.lora_bytes / 2 + whole.activation_bytes
+    assert sharded.per_gpu_bytes == int(expected) and whole.per_gpu_bytes is None
+    assert "(estimated per GPU)" in sharded.reasons[0]
