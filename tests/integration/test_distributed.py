@@ -89,22 +89,6 @@ def test_a_bundle_saved_by_two_processes_resumes_on_one_with_the_same_rows(tiny_
     assert max(abs({**part1, **part2}[step] - whole[step]) for step in whole) < 1e-4, (whole, part1, part2)
 
 
-def test_rank_0_gathers_every_ranks_memory_and_the_monitor_shows_it(tiny_model_dir, tmp_path):
-    from engine.run.history import RunHistory
-    from tui.screens.monitor import device_text, progress_line
-
-    run_dir = tmp_path / "run"
-    assert loradeck("train", DEMO, "--run-dir", str(run_dir), "--foreground", "--processes", "2", *tiny_sets(
-        tiny_model_dir, "train.max_steps=40")).returncode == 0
-    telemetry = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "telemetry"]
-    assert telemetry and all([r["rank"] for r in e["ranks"]] == [0, 1] for e in telemetry)
-    assert all(r["rss"] > 0 for e in telemetry for r in e["ranks"])
-    history = RunHistory(run_dir)
-    history.poll()
-    assert "rank 0: RSS" in device_text(history) and "rank 1: RSS" in device_text(history)
-    assert "2 processes" in progress_line(history)
-
-
 def test_a_killed_rank_fails_the_run_with_an_error_naming_it_and_leaves_no_process(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     assert loradeck("train", DEMO, "--run-dir", str(run_dir), *tiny_sets(

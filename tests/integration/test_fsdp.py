@@ -72,10 +72,18 @@ def test_fsdp_trains_as_ddp_does_with_every_rank_holding_half_the_weights(tiny_m
     from engine.run.history import RunHistory
     from tui.screens.monitor import device_text, progress_line
 
+    telemetry = [e for name in ("fsdp", "ddp") for e in events(tmp_path / name) if e["type"] == "telemetry"]
+    assert all([r["rank"] for r in e["ranks"]] == [0, 1] and all(r["rss"] > 0 for r in e["ranks"])
+               for e in telemetry), "rank 0 gathers every rank's own figures"
     history = RunHistory(tmp_path / "fsdp")
     history.poll()
     assert "2 processes (FSDP)" in progress_line(history)
-    assert "rank 1: RSS" in device_text(history) and " wts " in device_text(history)
+    assert "rank 0: RSS" in device_text(history) and "rank 1: RSS" in device_text(history)
+    assert " wts " in device_text(history)
+    history = RunHistory(tmp_path / "ddp")
+    history.poll()
+    assert "2 processes" in progress_line(history) and "FSDP" not in progress_line(history)
+    assert "rank 1: RSS" in device_text(history) and " wts " not in device_text(history), "DDP: nothing sharded"
 
     resumed = loradeck_fsdp("resume", str(tmp_path / "fsdp" / "handoff"), "--run-dir", str(tmp_path / "more"),
                             "--foreground", "--processes", "1", "--set", "train.max_steps=34")
