@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.errors import RunError
 from engine.run.events import EventTail, drain
+from engine.run.mirror import REMOTE_FILE, remote_pid
 from engine.run.paths import RunPaths, require_run_dir, staging_path
 
 WARNINGS_KEPT = 50
@@ -84,9 +85,7 @@ def trainer_pid(run_dir: str | Path) -> int | None:
     lock existed fall back to the pid file and a signal-0 probe.
     """
     paths = RunPaths(Path(run_dir))
-    if (paths.root / "remote.json").is_file():  # a mirror of a run on another machine: its trainer as last heard
-        from engine.run.mirror import remote_pid
-
+    if (paths.root / REMOTE_FILE).is_file():  # a mirror of a run on another machine: its trainer as last heard
         return remote_pid(paths.root)
     held = run_lock_held(paths)
     if held is not None:

@@ -165,11 +165,9 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     estimate = weights + lora + activations
     available = _available(device)
     measured = reserved = None
-    processes = 1
-    if config.distributed.processes != 1:
-        from engine.train.distributed import resolve_processes
+    from engine.train.distributed import resolve_processes
 
-        processes = resolve_processes(config.distributed.processes)
+    processes = resolve_processes(config.distributed.processes)
     sharded = config.distributed.strategy == "fsdp" and processes > 1
     if measure and not sharded:
         progress(f"probing one forward + backward on the longest batch ({rows} x {tokens} tokens)")

@@ -87,6 +87,9 @@ class TrainingRun:
         self.main = True  # rank 0 (or the only process): writes the run directory; other ranks only train
         self.rank_pids: list[int] = []  # every rank's pid, gathered when training begins
         self.held_weights: int | None = None  # bytes of weights this rank holds (several processes)
+        from engine.train.distributed import shards_model
+
+        self.sharded = shards_model(config.distributed.strategy)  # FSDP: every rank holds shards of the weights
         self.save_seconds: deque = deque(maxlen=20)
         self.step_seconds: deque = deque(maxlen=20)
         self.eval_seconds: deque = deque(maxlen=5)
@@ -256,7 +259,7 @@ class TrainingRun:
     def gather_adapter(self) -> dict[str, Any] | None:
         """With FSDP every rank holds a shard of the adapter: all ranks gather it whole here (rank 0 writes it).
         None otherwise (the model's own weights are whole)."""
-        if self.config.distributed.strategy != "fsdp" or self.model is None:
+        if not self.sharded or self.model is None:
             return None
         from engine.train.distributed import full_trainable_state
 
@@ -302,12 +305,10 @@ class TrainingRun:
 
         A failure here is a warning, never the end of the run.
         """
-        from engine.train.distributed import shards_model
-
         prompts = self.config.probe.prompts
         if not prompts or self.model is None or self.tokenizer is None or step == self.probed_step:
             return
-        if not self.main and not shards_model(self.config.distributed.strategy):
+        if not self.main and not self.sharded:
             return  # FSDP: every rank takes part in each forward (greedy, so in step); rank 0 writes the answers
         from engine.chat.generation import GenerationSettings, answer_batch
 
@@ -599,7 +600,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
     from engine.models.adapters import resolve_adapter
-    from engine.train.distributed import check_strategy, process_rank, shards_model
+    from engine.train.distributed import check_strategy, process_rank
     from engine.train.handoff import keep_reference_adapter, resumed_line, snapshot_data_files
 
     config, events = run.config, run.events
@@ -626,7 +627,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                                      system_prompt=config.data.system_prompt)
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
-    model, tokenizer = build_peft_model(config, device, backend, say, sharded=shards_model(config.distributed.strategy))
+    model, tokenizer = build_peft_model(config, device, backend, say, sharded=run.sharded)
     run.load_seconds = time.monotonic() - loaded_at
     run.model = model
     run.tokenizer = tokenizer
@@ -722,7 +723,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     run.trainer = trainer
     trainer.loradeck_run = run
     # FSDP: the output head's weights are shards outside the model's forward, so the model computes its own loss.
-    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name) and not shards_model(config.distributed.strategy)
+    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name) and not run.sharded
     if token_plan is not None:
         trainer.loradeck_token_plan = token_plan
     elif config.train.group_by_length and lengths:

@@ -7,6 +7,7 @@ changed. It also tells the engine (LORADECK_FSDP_ON_CPU) that FSDP is possible w
 """
 
 import os
+import sys
 
 os.environ["LORADECK_FSDP_ON_CPU"] = "1"
 
@@ -37,7 +38,6 @@ class _AfterAccelerateState:
         if name != "accelerate.state":
             return None
         import importlib.util
-        import sys
 
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -51,7 +51,5 @@ class _AfterAccelerateState:
         loader.exec_module = exec_module
         return spec
 
-
-import sys  # noqa: E402
 
 sys.meta_path.insert(0, _AfterAccelerateState())
