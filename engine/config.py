@@ -77,7 +77,10 @@ class TrainSection:
     grad_accum: int = spec(1, "Micro-batches accumulated per optimizer step (bigger effective batch, same memory).", minimum=1)
     weight_decay: float = spec(0.0, "AdamW weight decay.", minimum=0.0)
     max_grad_norm: float = spec(1.0, "Gradient clipping norm (0 turns clipping off).", minimum=0.0)
-    gradient_checkpointing: bool = spec(False, "Recompute activations in backward: ~30% slower, far less activation memory.")
+    gradient_checkpointing: bool | str = spec(
+        "auto", "Recompute activations in backward: ~30% slower, far less activation memory. auto: on when the "
+                "preflight's estimate says a step would not fit on this device without it.",
+        choices=("auto", True, False))
     seed: int = spec(42, "Seed for LoRA init and data order.", minimum=0, maximum=2**32 - 1)
     save_every: int = spec(50, "Checkpoint every N steps (0: only at the end).", minimum=0)
     keep_checkpoints: int = spec(0, "Keep only the newest N checkpoints, deleting older ones after each save "
@@ -301,6 +304,13 @@ def _coerce(value: Any, annotation: Any, *, from_text: bool) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(item, item_type, from_text=from_text) for item in value]
+    if annotation == bool | str:  # a switch that may also be "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return _coerce(value, bool, from_text=from_text)
+        except ValueError:
+            raise ValueError(f"expected true, false or \"auto\", got {value!r}") from None
     if annotation is bool:
         if isinstance(value, bool):
             return value

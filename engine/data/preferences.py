@@ -148,3 +148,18 @@ def load_preference_data(path: str | Path, *, eval_path: str | Path = "", eval_s
     if bias:
         notes.append(bias)
     return PreferenceData(train, held, notes, str(path))
+
+
+def preference_samples(config, tokenizer, pairs=None) -> list:
+    """Every chosen and every rejected conversation of the preference pairs (`pairs`, else the config's training
+    pairs), tokenized as training renders them: a DPO batch holds both halves of each pair."""
+    from engine.data.readers import Conversation
+    from engine.data.tokenize import tokenize_conversations
+
+    if pairs is None:
+        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
+                                     eval_split=config.data.eval_split, seed=config.train.seed,
+                                     system_prompt=config.data.system_prompt).train
+    conversations = [Conversation(pair.prompt + getattr(pair, side), None, pair.tools, pair.record)
+                     for pair in pairs for side in ("chosen", "rejected")]
+    return tokenize_conversations(tokenizer, conversations, config.data.max_length, "completions")

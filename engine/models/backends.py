@@ -63,11 +63,9 @@ def build_peft_model(config, device: str, backend: BackendChoice, progress, *, s
     tokenizer = load_tokenizer(config.model.name, progress)
     model = load_model(config.model.name, load_in_4bit=config.model.load_in_4bit, dtype=config.model.dtype,
                        device=device, progress=progress, sharded=sharded)
-    if config.model.load_in_4bit and config.train.gradient_checkpointing:
-        # Not peft's prepare_model_for_kbit_training: it upcasts embeddings, lm_head and norms to fp32 (on an
-        # 8B model ~2 GB more weights and a 2.2× slower step). They stay in the compute dtype (RMSNorm computes
-        # in fp32 internally anyway); checkpointed blocks only need inputs that require grad.
-        model.enable_input_require_grads()
+    # Not peft's prepare_model_for_kbit_training under 4-bit: it upcasts embeddings, lm_head and norms to fp32 (on
+    # an 8B model ~2 GB more weights and a 2.2× slower step). They stay in the compute dtype (RMSNorm computes in
+    # fp32 internally anyway); checkpointing is switched on once it is decided (engine/train/preflight.plan_step).
     model.config.use_cache = False
     if config.model.adapter:
         from engine.models.adapters import attach_adapter
@@ -92,7 +90,7 @@ def _build_unsloth(config):
     model = FastLanguageModel.get_peft_model(
         model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=LLAMA_LINEAR_MODULES if modules == "all-linear" else modules, bias="none",
-        use_gradient_checkpointing="unsloth" if config.train.gradient_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if config.train.gradient_checkpointing is not False else False,
         random_state=config.train.seed)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -14,10 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.models.parts import LOGITS_CHUNK_TOKENS
-
-FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
-
+from engine.train.memory import FITS, WONT_FIT, plan_step, verdict_for
 
 @dataclass
 class PreflightReport:
@@ -27,7 +24,7 @@ class PreflightReport:
     dtype: str
     weights_bytes: int
     lora_params: int
-    lora_bytes: int  # params + grads + AdamW moments
+    lora_bytes: int  # gradients + AdamW moments
     activation_bytes: int
     estimate_bytes: int
     longest_tokens: int
@@ -39,52 +36,11 @@ class PreflightReport:
     reasons: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     per_gpu_bytes: int | None = None  # several processes sharding the model (FSDP): what one GPU holds
+    gradient_checkpointing: bool = False
+    checkpointing_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _bytes_per_weight(dtype) -> float:
-    import torch
-
-    return {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}.get(dtype, 4)
-
-
-def estimate_memory(model_config, lora_params: int, total_params: int, dtype, load_in_4bit: bool,
-                    batch_size: int, tokens: int, gradient_checkpointing: bool) -> tuple[int, int, int]:
-    """(weights, lora incl. grads + AdamW, activations) in bytes, from the model's config alone."""
-    per_weight = _bytes_per_weight(dtype)
-    hidden = getattr(model_config, "hidden_size", 1024)
-    layers = getattr(model_config, "num_hidden_layers", 24)
-    vocab = getattr(model_config, "vocab_size", 32000)
-    intermediate = getattr(model_config, "intermediate_size", 4 * hidden)
-    embedding = vocab * hidden
-    if load_in_4bit:
-        # NF4 with double quant: ~0.53 bytes per linear weight; embeddings stay in the compute dtype.
-        weights = int((total_params - embedding) * 0.53 + embedding * per_weight)
-    else:
-        weights = int(total_params * per_weight)
-    lora = lora_params * 4 * 4  # fp32 weight + grad + two AdamW moments
-    positions = batch_size * tokens
-    if gradient_checkpointing:
-        per_layer = positions * hidden * per_weight * 2
-    else:
-        # attention inputs/outputs, MLP intermediates (gate, up, act) and norms kept for backward
-        per_layer = positions * (10 * hidden + 3 * intermediate) * per_weight
-    # the chunked loss (engine/train/loss.py) holds fp32 logits, softmax and gradient for one chunk at a time
-    logits = min(positions, LOGITS_CHUNK_TOKENS) * vocab * 4 * 3 + positions * hidden * per_weight
-    return weights, lora, per_layer * layers + logits
-
-
-def _available(device: str) -> int:
-    import psutil
-
-    if device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info()
-        return int(free + torch.cuda.memory_allocated())
-    return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
 
 
 class _PeakRss:
@@ -114,39 +70,18 @@ class _PeakRss:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def longest_batch(samples, batch_size: int, pad_token_id: int):
-    """A batch of the `batch_size` longest samples: the worst case the run will meet."""
-    from engine.train.batches import make_collator
-
-    longest = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)[:batch_size]
-    while len(longest) < batch_size:
-        longest.append(longest[0])
-    return make_collator(pad_token_id)([{"input_ids": s.input_ids, "labels": s.labels} for s in longest])
-
-
-def dpo_samples(config, tokenizer) -> list:
-    """Every chosen and every rejected conversation of the preference pairs, tokenized as training renders them:
-    a DPO batch holds both halves of each pair."""
-    from engine.data.preferences import load_preference_data
-    from engine.data.readers import Conversation
-    from engine.data.tokenize import tokenize_conversations
-
-    pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path, eval_split=config.data.eval_split,
-                                 seed=config.train.seed, system_prompt=config.data.system_prompt).train
-    conversations = [Conversation(pair.prompt + getattr(pair, side), None, pair.tools, pair.record)
-                     for pair in pairs for side in ("chosen", "rejected")]
-    return tokenize_conversations(tokenizer, conversations, config.data.max_length, "completions")
-
-
 def run_preflight(config, *, measure: bool = True, progress=lambda message: None) -> PreflightReport:
     """Estimate and (unless `measure` is False) measure the memory a run needs, with a verdict."""
     import torch
 
-    from engine.models.backends import build_peft_model, choose_backend
+    from engine.data.preferences import preference_samples
     from engine.data.tokenize import prepare_data
+    from engine.models.backends import build_peft_model, choose_backend
     from engine.models.loading import best_device, choose_dtype
     from engine.models.parts import chunked_loss_parts
-    from engine.train.loss import chunked_causal_lm_loss, uses_chunked_loss
+    from engine.train.batches import packing_choice
+    from engine.train.distributed import resolve_processes
+    from engine.train.loss import chunked_causal_lm_loss
 
     device = best_device()
     dtype = choose_dtype(config.model.dtype, device)
@@ -154,30 +89,25 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     backend = choose_backend(config.backend.name, device)
     model, tokenizer = build_peft_model(config, device, backend, progress)
     dpo = config.train.method == "dpo"
-    samples = dpo_samples(config, tokenizer) if dpo else prepare_data(config.data, tokenizer, config.train.seed).train
-    trainable, total = model.get_nb_trainable_parameters()
-    rows = config.train.batch_size * (2 if dpo else 1)  # DPO: each pair's chosen and rejected in one batch
-    batch = longest_batch(samples, rows, tokenizer.pad_token_id)
-    tokens = batch["input_ids"].shape[1]
-    weights, lora, activations = estimate_memory(
-        model.config, trainable, total, dtype, config.model.load_in_4bit, rows, tokens,
-        config.train.gradient_checkpointing)
-    estimate = weights + lora + activations
-    available = _available(device)
-    measured = reserved = None
-    from engine.train.distributed import resolve_processes
-
+    samples = preference_samples(config, tokenizer) if dpo else \
+        prepare_data(config.data, tokenizer, config.train.seed).train
+    packed = False if dpo else packing_choice(config.train.packing, device, model, len(tokenizer))[0]
     processes = resolve_processes(config.distributed.processes)
     sharded = config.distributed.strategy == "fsdp" and processes > 1
+    plan = plan_step(config, model, samples, tokenizer.pad_token_id, device=device, dtype=dtype,
+                     backend=backend.name, packed=packed, sharded=sharded, processes=processes)
+    batch, rows, estimate, available = plan.batch, plan.rows, plan.estimate, plan.available
+    tokens = batch["input_ids"].shape[1]
+    measured = reserved = None
     if measure and not sharded:
         progress(f"probing one forward + backward on the longest batch ({rows} x {tokens} tokens)")
-        if config.train.gradient_checkpointing:
+        if plan.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.train()
         batch = {k: v.to(device) for k, v in batch.items()}
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-        parts = chunked_loss_parts(model) if uses_chunked_loss(backend.name) else None
+        parts = chunked_loss_parts(model) if plan.chunked_loss else None
 
         def step():  # the loss training computes, so the probe meets the memory training will
             loss = chunked_causal_lm_loss(*parts, batch) if parts else model(**batch).loss
@@ -193,29 +123,26 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
             with _PeakRss() as peak:
                 step()
             measured = int(peak.peak)
-    need = measured if measured is not None else estimate
-    if sharded:  # each GPU will hold 1/N of the model: the estimate for one of them, not a whole-model probe
-        layers = max(1, getattr(getattr(model.config, "get_text_config", lambda: model.config)(),
-                                "num_hidden_layers", 1))
-        gathered = 2 * weights / layers  # the layer being computed and the next one, fetched ahead
-        need = weights / processes + gathered + lora / processes + activations
+    need = plan.need if sharded or measured is None else measured
     ratio = need / available if available else float("inf")
-    verdict = FITS if ratio < 0.8 else TIGHT if ratio < 0.95 else WONT_FIT
+    verdict = verdict_for(need, available)
     how = "estimated per GPU" if sharded else "measured" if measured is not None else "estimated"
+    shown = f"{rows} x {tokens} tokens" if not packed else f"{batch['input_ids'].shape[1]} tokens packed"
     reasons = [f"needs {need / 1e9:.2f} GB ({how}) of "
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
-               f"estimate {estimate / 1e9:.2f} GB: weights {weights / 1e9:.2f} GB + LoRA/grads/AdamW "
-               f"{lora / 1e9:.3f} GB + activations {activations / 1e9:.2f} GB for {rows} x {tokens} tokens"
-               + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else "")]
+               f"estimate {estimate.total / 1e9:.2f} GB: weights {estimate.weights / 1e9:.2f} GB + LoRA grads/AdamW "
+               f"{estimate.lora_state / 1e9:.3f} GB + activations {estimate.activations / 1e9:.2f} GB for {shown}"
+               + (" (DPO: chosen and rejected of each pair; the reference pass keeps no activations)" if dpo else ""),
+               f"gradient checkpointing {'on' if plan.checkpointing else 'off'} ({plan.checkpointing_reason})"]
     if sharded:
         reasons.append(f"per GPU, with {processes} processes and FSDP: 1/{processes} of the weights "
-                       f"({weights / processes / 1e9:.2f} GB), two layers gathered at a time "
-                       f"({gathered / 1e9:.2f} GB), "
-                       f"1/{processes} of the LoRA state and {rows} x {tokens} tokens of activations (not probed: "
+                       f"({estimate.weights / processes / 1e9:.2f} GB), two layers gathered at a time "
+                       f"({2 * estimate.weights / max(1, plan.shape.layers) / 1e9:.2f} GB), "
+                       f"1/{processes} of the LoRA state and {shown} of activations (not probed: "
                        "one process holding the whole model is not what training meets)")
     elif processes > 1:
         reasons.append(f"per GPU, with {processes} processes: DistributedDataParallel keeps the whole model on each "
-                       f"GPU and {rows} x {tokens} tokens of activations per process (global batch "
+                       f"GPU and {shown} of activations per process (global batch "
                        f"{processes * config.train.batch_size * config.train.grad_accum} rows)")
     if reserved is not None:
         reasons.append(f"the CUDA allocator reserved {reserved / 1e9:.2f} GB for it: {(available - reserved) / 1e9:.2f}"
@@ -226,20 +153,22 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
             suggestions.append(f"train.batch_size={max(1, config.train.batch_size // 2)} with "
                                f"train.grad_accum={config.train.grad_accum * 2} (same effective batch, about half "
                                "the activations)")
-        if not config.train.gradient_checkpointing:
+        if not plan.checkpointing:
             suggestions.append("train.gradient_checkpointing=true (~30% slower, far fewer activations)")
         if not config.model.load_in_4bit:
             suggestions.append("model.load_in_4bit=true (QLoRA: weights ~4x smaller)")
         lengths = sorted(len(s.input_ids) for s in samples)
         p95 = lengths[int(0.95 * (len(lengths) - 1))]
-        if p95 < tokens:
+        if p95 < max(lengths):
             suggestions.append(f"data.max_length={p95} (covers 95% of samples untruncated)")
-    return PreflightReport(device=device, dtype=str(dtype).replace("torch.", ""), weights_bytes=weights,
-                           lora_params=trainable, lora_bytes=lora, activation_bytes=activations,
-                           estimate_bytes=estimate, longest_tokens=tokens, batch_size=config.train.batch_size,
+    return PreflightReport(device=device, dtype=str(dtype).replace("torch.", ""), weights_bytes=estimate.weights,
+                           lora_params=plan.shape.lora_params, lora_bytes=estimate.lora_state,
+                           activation_bytes=estimate.activations, estimate_bytes=estimate.total,
+                           longest_tokens=tokens, batch_size=config.train.batch_size,
                            measured_peak_bytes=measured, measured_reserved_bytes=reserved,
                            available_bytes=available, verdict=verdict, per_gpu_bytes=int(need) if sharded else None,
-                           reasons=reasons, suggestions=suggestions)
+                           reasons=reasons, suggestions=suggestions, gradient_checkpointing=plan.checkpointing,
+                           checkpointing_reason=plan.checkpointing_reason)
 
 
 @dataclass

@@ -602,6 +602,8 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     from engine.models.adapters import resolve_adapter
     from engine.train.distributed import check_strategy, process_rank
     from engine.train.handoff import keep_reference_adapter, resumed_line, snapshot_data_files
+    from engine.data.preferences import preference_samples
+    from engine.train.memory import plan_step
 
     config, events = run.config, run.events
     bundle_state = None
@@ -668,9 +670,24 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         else:
             events.emit("warning", kind="packing", message="train.tokens_per_batch needs packed batches: "
                                                            "batch_size rows per micro-batch instead")
+    plan = plan_step(config, model, preference_samples(config, tokenizer, pairs.train) if dpo else data.train, tokenizer.pad_token_id,
+                     device=device, dtype=torch_dtype, backend=backend.name, packed=packed, sharded=run.sharded,
+                     processes=process_rank()[1])
+    checkpointing = plan.checkpointing
+    if process_rank()[1] > 1:  # every rank checkpoints or none does: rank 0's memory decides
+        from accelerate import PartialState
+
+        from engine.train.distributed import agree
+
+        PartialState()  # the process group the trainer would start anyway, started now
+        checkpointing, _ = agree(None, checkpointing)
+    if checkpointing and config.model.load_in_4bit and backend.name == "transformers":
+        model.enable_input_require_grads()  # checkpointed blocks need inputs that require grad
+    trained_as = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                       gradient_checkpointing=checkpointing))
     max_steps = planned_steps(config, train_rows, world_size=process_rank()[1],
                               batches_per_epoch=len(token_plan.batches(0)) if token_plan else None)
-    if config.train.packing == "on" and not packed:
+    if not packed and packing_reason.startswith("not packing"):  # asked for, or auto on a GPU: the fallback is said
         events.emit("warning", kind="packing", message=packing_reason)
     events.emit("model_loaded", backend=backend.name, backend_reason=backend.reason, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), dtype_reason=dtype_reason,
@@ -680,12 +697,15 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                 data_format=data_format, format_reason=format_reason, train_rows=train_rows,
                 eval_rows=eval_rows, max_steps=max_steps, method=config.train.method,
                 adapter_from=config.model.adapter or None, train_tokens=sum(lengths) if lengths else None,
-                strategy=config.distributed.strategy if process_rank()[1] > 1 else None)
+                strategy=config.distributed.strategy if process_rank()[1] > 1 else None,
+                gradient_checkpointing=checkpointing, checkpointing_reason=plan.checkpointing_reason,
+                step_memory_estimate=plan.need, memory_available=plan.available)
     say(f"{data_format} data: {train_rows} train / {eval_rows} eval {'pairs' if dpo else 'rows'}; "
         f"{trainable:,} trainable of {total:,} parameters; {max_steps} steps"
         + (f"; DPO (beta {config.train.dpo_beta}, {config.train.dpo_loss} loss)" if dpo else ""))
     say(f"dtype {str(torch_dtype).replace('torch.', '')}: {dtype_reason}")
     say(f"batches {'packed' if packed else 'padded'}: {packing_reason}")
+    say(f"gradient checkpointing {'on' if checkpointing else 'off'}: {plan.checkpointing_reason}")
     if run.stop.reason:
         events.emit("finished", reason="stopped", step=0, message=f"{run.stop.signal_name or 'stop'} before training")
         return 0
@@ -696,7 +716,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
 
         with library_stderr():  # TRL tokenizes the pairs with datasets' map: its messages go to the run's log
             trainer = loradeck_dpo_trainer_class()(
-                model=model, args=build_dpo_config(config, run.paths.root / "trainer", bool(pairs.eval), device,
+                model=model, args=build_dpo_config(trained_as, run.paths.root / "trainer", bool(pairs.eval), device,
                                                    torch_dtype),
                 train_dataset=to_preference_dataset(pairs.train),
                 eval_dataset=to_preference_dataset(pairs.eval) if pairs.eval else None,
@@ -710,7 +730,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
                             f"{config.data.max_length} — raise data.max_length")
     else:
         trainer = loradeck_trainer_class()(
-            model=model, args=build_sft_config(config, run.paths.root / "trainer", bool(data.eval), device,
+            model=model, args=build_sft_config(trained_as, run.paths.root / "trainer", bool(data.eval), device,
                                                torch_dtype, packed),
             train_dataset=to_dataset(data.train), eval_dataset=to_dataset(data.eval) if data.eval else None,
             processing_class=tokenizer, data_collator=make_collator(tokenizer.pad_token_id, packed=packed),

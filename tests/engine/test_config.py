@@ -152,3 +152,21 @@ def test_fsdp_without_cuda_is_refused_unless_the_test_shim_taught_accelerate(mon
         check_strategy("fsdp", "cpu")
     monkeypatch.setenv(FSDP_ON_CPU_ENV, "1")
     check_strategy("fsdp", "cpu")
+
+
+def test_gradient_checkpointing_is_true_false_or_auto_in_files_and_overrides(tmp_path):
+    assert load_config(None).train.gradient_checkpointing == "auto"
+    for text, expected in (("true", True), ("false", False), ('"auto"', "auto"), ('"AUTO"', "auto")):
+        assert load_config(write(tmp_path, f"[train]\ngradient_checkpointing = {text}\n")).train \
+            .gradient_checkpointing == expected
+    for text, expected in (("yes", True), ("0", False), ("auto", "auto")):
+        assert load_config(None, overrides=[f"train.gradient_checkpointing={text}"]).train \
+            .gradient_checkpointing == expected
+    with pytest.raises(ConfigError, match=r'train.gradient_checkpointing: expected true, false or "auto", got 2'):
+        load_config(write(tmp_path, "[train]\ngradient_checkpointing = 2\n"))
+    with pytest.raises(ConfigError, match=r"train.gradient_checkpointing=sometimes: train.gradient_checkpointing: "
+                                          r"expected true, false or \"auto\", got 'sometimes'"):
+        load_config(None, overrides=["train.gradient_checkpointing=sometimes"])
+    path = tmp_path / "saved.toml"
+    save_config(load_config(None), path)
+    assert load_config(path).train.gradient_checkpointing == "auto"

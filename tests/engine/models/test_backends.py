@@ -56,6 +56,10 @@ def test_unsloth_path_calls_its_documented_api(monkeypatch):
                                         "dtype": None, "load_in_4bit": True}
     assert calls["get_peft_model"]["r"] == 8
     assert calls["get_peft_model"]["target_modules"] == LLAMA_LINEAR_MODULES
+    assert calls["get_peft_model"]["use_gradient_checkpointing"] == "unsloth", "auto: unsloth's own checkpointing"
+    off = load_config(None, ["model.load_in_4bit=true", "train.gradient_checkpointing=false"])
+    build_peft_model(off, "cuda", choose_backend.__globals__["BackendChoice"]("unsloth", "t"), progress=None)
+    assert calls["get_peft_model"]["use_gradient_checkpointing"] is False
 
 
 def test_qlora_keeps_embeddings_and_head_in_the_compute_dtype(tiny_model_dir):

@@ -1,4 +1,4 @@
-from engine.train.preflight import FITS, WONT_FIT, estimate_memory, run_preflight
+from engine.train.preflight import FITS, WONT_FIT, run_preflight
 from tests.conftest import tiny_config
 
 
@@ -10,22 +10,28 @@ def test_preflight_measures_the_longest_batch_and_fits_the_tiny_model(tiny_model
     assert report.suggestions == []
 
 
-def test_estimate_grows_with_batch_and_length_and_shrinks_with_4bit_and_checkpointing():
-    import torch
-    from transformers import LlamaConfig
+def test_auto_checkpointing_turns_on_only_when_a_step_would_not_fit_without_it(tiny_model_dir, monkeypatch):
+    import engine.train.memory as memory
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
-    base = estimate_memory(config, 4_884_480, 139_000_000, torch.float32, False, 4, 256, False)
-    assert estimate_memory(config, 4_884_480, 139_000_000, torch.float32, False, 8, 256, False)[2] > base[2]
-    assert estimate_memory(config, 4_884_480, 139_000_000, torch.float32, True, 4, 256, False)[0] < base[0] / 2
-    assert estimate_memory(config, 4_884_480, 139_000_000, torch.float32, False, 4, 256, True)[2] < base[2] / 2
+    roomy = run_preflight(tiny_config(tiny_model_dir, "train.batch_size=4"), measure=False)
+    assert roomy.gradient_checkpointing is False and roomy.checkpointing_reason.startswith("auto: off — a step needs")
+    monkeypatch.setattr(memory, "available_memory", lambda device: int(roomy.estimate_bytes * 1.1))
+    tight = run_preflight(tiny_config(tiny_model_dir, "train.batch_size=4"), measure=False)
+    assert tight.gradient_checkpointing is True and tight.checkpointing_reason.startswith("auto: on — a step needs")
+    assert tight.activation_bytes < roomy.activation_bytes
+    assert "gradient checkpointing on (auto: on" in " ".join(tight.reasons)
+    forced = run_preflight(tiny_config(tiny_model_dir, "train.batch_size=4", "train.gradient_checkpointing=false"),
+                           measure=False)
+    assert forced.gradient_checkpointing is False and forced.verdict != FITS
+    assert forced.checkpointing_reason == "train.gradient_checkpointing = false"
 
 
 def test_a_run_too_big_for_memory_gets_wont_fit_and_the_knobs(tiny_model_dir, monkeypatch):
-    import engine.train.preflight as preflight
+    import engine.train.memory as memory
 
-    monkeypatch.setattr(preflight, "_available", lambda device: 50_000_000)  # a 50 MB machine
-    report = run_preflight(tiny_config(tiny_model_dir, "train.batch_size=4"), measure=False)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 50_000_000)  # a 50 MB machine
+    report = run_preflight(tiny_config(tiny_model_dir, "train.batch_size=4", "train.gradient_checkpointing=false"),
+                           measure=False)
     assert report.verdict == WONT_FIT
     joined = " ".join(report.suggestions)
     assert "train.batch_size=2" in joined and "gradient_checkpointing" in joined and "load_in_4bit" in joined
@@ -71,7 +77,8 @@ def test_preflight_with_fsdp_estimates_one_gpus_shard_instead_of_probing_the_who
     sharded = run_preflight(tiny_config(small_model_dir, "distributed.processes=2", "distributed.strategy=fsdp"))
     assert sharded.measured_peak_bytes is None, "no whole-model probe: it is not what an FSDP rank meets"
     assert any(r.startswith("per GPU, with 2 processes and FSDP: 1/2 of the weights") for r in sharded.reasons)
-    gathered = 2 * whole.weights_bytes / 2  # two layers at a time, of the tiny config's two
-    expected = whole.weights_bytes / 2 + gathered + whole.lora_bytes / 2 + whole.activation_bytes
+    assert sharded.weights_bytes == whole.weights_bytes
+    gathered = 2 * sharded.weights_bytes / 2  # two layers at a time, of the tiny config's two
+    expected = sharded.weights_bytes / 2 + gathered + sharded.lora_bytes / 2 + sharded.activation_bytes
     assert sharded.per_gpu_bytes == int(expected) and whole.per_gpu_bytes is None
     assert "(estimated per GPU)" in sharded.reasons[0]

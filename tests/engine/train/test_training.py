@@ -38,6 +38,8 @@ def test_run_writes_events_checkpoints_and_a_plain_peft_adapter(tiny_model_dir, 
     assert all(isinstance(e["loss"], float) and e["tokens_per_s"] > 0 for e in steps)
     assert all(0.0 <= e["padding"] < 1.0 for e in steps)  # the share of padding in the step's batches
     assert [e["step"] for e in events if e["type"] == "eval"] == [2, 4]
+    loaded = next(e for e in events if e["type"] == "model_loaded")
+    assert loaded["gradient_checkpointing"] is False and loaded["checkpointing_reason"].startswith("auto: off")
     assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
     assert read_state(run_dir / "checkpoints" / "step-000002")["global_step"] == 2
     assert not (run_dir / "trainer.pid").exists()
@@ -66,17 +68,31 @@ def test_loss_decreases_on_the_demo_data(tiny_model_dir, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.25
 
 
-def test_qlora_4bit_trains_on_cpu_and_its_adapter_loads_in_plain_peft(tiny_model_dir, tmp_path):
+def test_qlora_4bit_trains_on_cpu_with_auto_checkpointing_and_its_adapter_loads_in_plain_peft(
+        tiny_model_dir, tmp_path, monkeypatch):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, PreTrainedModel
 
+    import engine.train.memory as memory
+
+    # A machine whose memory the step would not fit without checkpointing: "auto" turns it on, and the trainer
+    # really checkpoints (the library's switch is called, and the 4-bit model's LoRA weights still learn).
+    monkeypatch.setattr(memory, "available_memory", lambda device: 30_000_000)
+    switched = []
+    original = PreTrainedModel.gradient_checkpointing_enable
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable",
+                        lambda self, *args, **kwargs: switched.append(1) or original(self, *args, **kwargs))
     run_dir = tmp_path / "qlora"
     config = tiny_config(tiny_model_dir, "model.load_in_4bit=true", "train.max_steps=24", "train.batch_size=4",
-                         "train.lr_scheduler=constant", "train.gradient_checkpointing=true")
+                         "train.lr_scheduler=constant")
+    assert config.train.gradient_checkpointing == "auto"
     assert run_training(run_dir, config) == 0
     events = read_events(run_dir / "events.jsonl")
     loaded = next(e for e in events if e["type"] == "model_loaded")
-    assert loaded["load_in_4bit"] is True
+    assert loaded["load_in_4bit"] is True and loaded["gradient_checkpointing"] is True and switched
+    assert loaded["checkpointing_reason"].startswith("auto: on — a step needs ~")
+    assert loaded["checkpointing_reason"].endswith("of 30.0 MB available on cpu")
+    assert loaded["memory_available"] == 30_000_000 and loaded["step_memory_estimate"] > 30_000_000
     losses = [e["loss"] for e in events if e["type"] == "step"]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2, losses
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir / "adapter")
