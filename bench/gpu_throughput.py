@@ -112,7 +112,7 @@ def run_engine(args, model: Path, packing: str) -> dict:
     return {"tokens_per_s": statistics.median(e["tokens_per_s"] for e in steps if e.get("tokens_per_s")),
             "mfu": statistics.median(mfus) if mfus else None,
             "padding": statistics.median(e["padding"] for e in steps if e.get("padding") is not None),
-            "note": loaded.get("packing_reason"), **cuda_peaks()}
+            "note": loaded.get("packing_reason"), "estimate": loaded.get("step_memory_estimate"), **cuda_peaks()}
 
 
 def training_rows(args, model: Path):
@@ -289,6 +289,11 @@ def main() -> int:
         ratio = f"{base / result['tokens_per_s']:.2f}×" if base and result.get("tokens_per_s") else "—"
         print(f"{name:18} {result['tokens_per_s']:9.1f} {mfu:>6} {gigabytes(result.get('peak_allocated')):>11} "
               f"{gigabytes(result.get('peak_reserved')):>10} {ratio:>14}")
+    for name in ("loradeck", "loradeck-padded"):  # the preflight's estimate against what the step really took
+        estimate, peak = (results.get(name) or {}).get("estimate"), (results.get(name) or {}).get("peak_allocated")
+        if estimate and peak:
+            print(f"{name}: memory estimate {estimate / 2**30:.1f} GiB vs peak allocated {peak / 2**30:.1f} GiB "
+                  f"({estimate / peak:.2f}×)")
     return 0
 
 

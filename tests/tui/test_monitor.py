@@ -351,3 +351,16 @@ async def test_a_two_process_fsdp_run_shows_both_gpus_and_every_ranks_share(tmp_
         assert "rank 0 GPU0: alloc 3.2 GB peak 5.4 GB wts 2.1 GB" in devices
         assert "rank 1 GPU1: alloc 4.3 GB peak 6.4 GB wts 2.1 GB" in devices
         assert "2 processes (FSDP)" in text_of(app, "#progress-line")
+
+
+def test_the_loaded_line_says_when_batches_are_packed_and_checkpointing_is_on():
+    from tui.screens.monitor import log_line
+
+    base = {"type": "model_loaded", "ts": 0, "backend": "transformers", "device": "cuda", "data_format": "alpaca",
+            "train_rows": 900, "max_steps": 200}
+    assert log_line(base, {}).plain.endswith("transformers on cuda, alpaca data, 900 rows, 200 steps")
+    auto = {**base, "packing": True, "gradient_checkpointing": True,
+            "checkpointing_reason": "auto: on — a step needs ~18.2 GB without it, of 15.8 GB available on cuda"}
+    assert log_line(auto, {}).plain.endswith("200 steps, packed, checkpointing (auto)")
+    chosen = {**base, "gradient_checkpointing": True, "checkpointing_reason": "train.gradient_checkpointing = true"}
+    assert log_line(chosen, {}).plain.endswith("200 steps, checkpointing")

@@ -76,6 +76,9 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
         lr.value = "1e-4"
         screen.query_one("#field-lora-r", Input).value = "8"
         screen.query_one("#field-model-load_in_4bit", Switch).value = True
+        checkpointing = screen.query_one("#field-train-gradient_checkpointing", Select)
+        assert checkpointing.value == "auto" and [label for label, _ in checkpointing._options] == ["auto", "on", "off"]
+        checkpointing.value = True
         screen.query_one("#field-session-budget", Input).value = "2h"
         target = tmp_path / "mine.toml"
         screen.query_one("#save-path", Input).value = str(target)
@@ -86,6 +89,7 @@ async def test_new_run_form_validates_like_the_cli_and_saves_toml(tmp_path):
         assert (saved.train.learning_rate, saved.lora.r, saved.model.load_in_4bit, saved.session.budget) == \
             (1e-4, 8, True, "2h")
         assert saved.train.method == "dpo" and saved.model.adapter == str(tmp_path / "sft-adapter")
+        assert saved.train.gradient_checkpointing is True
         assert saved.data.path.endswith("demo_train.jsonl")
         import tomllib
 

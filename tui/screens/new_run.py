@@ -24,6 +24,7 @@ FORM_FIELDS = (
     ("model.adapter", "start from adapter"),
     ("data.path", "dataset"),
     ("model.load_in_4bit", "4-bit (QLoRA)"),
+    ("train.gradient_checkpointing", "checkpointing"),
     ("lora.r", "LoRA rank r"),
     ("lora.alpha", "LoRA alpha"),
     ("train.epochs", "epochs"),
@@ -72,6 +73,13 @@ def validate_field(config: RunConfig, key: str, text) -> str | None:
         except LoradeckError as exc:
             return str(exc).split(": ", 1)[-1]
     return None
+
+
+def choice_label(choice) -> str:
+    """A config choice as a drop-down shows it: on / off for a switch that may also be "auto", none for empty."""
+    if isinstance(choice, bool):
+        return "on" if choice else "off"
+    return str(choice) or "none"
 
 
 def shown_text(key: str, value) -> str:
@@ -123,11 +131,11 @@ class NewRunScreen(Screen):
                     meta = field_meta(key)
                     with Horizontal(classes="form-row"):
                         yield Label(label, classes="form-label")
-                        if isinstance(value, bool):
+                        if meta.get("choices"):
+                            yield Select([(choice_label(c), c) for c in meta["choices"]], value=value,
+                                         allow_blank=False, id=field_id(key))
+                        elif isinstance(value, bool):
                             yield Switch(value=value, id=field_id(key))
-                        elif meta.get("choices"):
-                            yield Select([(c or "none", c) for c in meta["choices"]], value=value, allow_blank=False,
-                                         id=field_id(key))
                         else:
                             yield Input(shown_text(key, value), id=field_id(key), tooltip=meta.get("help"),
                                         placeholder=FIELD_PLACEHOLDERS.get(key, ""))
