@@ -150,6 +150,12 @@ def load_preference_data(path: str | Path, *, eval_path: str | Path = "", eval_s
     return PreferenceData(train, held, notes, str(path))
 
 
+def configured_preference_data(config) -> PreferenceData:
+    """The pairs a run config trains on and holds out (its data section and seed)."""
+    return load_preference_data(config.data.path, eval_path=config.data.eval_path, eval_split=config.data.eval_split,
+                                seed=config.train.seed, system_prompt=config.data.system_prompt)
+
+
 def preference_samples(config, tokenizer, pairs=None) -> list:
     """Every chosen and every rejected conversation of the preference pairs (`pairs`, else the config's training
     pairs), tokenized as training renders them: a DPO batch holds both halves of each pair."""
@@ -157,9 +163,7 @@ def preference_samples(config, tokenizer, pairs=None) -> list:
     from engine.data.tokenize import tokenize_conversations
 
     if pairs is None:
-        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
-                                     eval_split=config.data.eval_split, seed=config.train.seed,
-                                     system_prompt=config.data.system_prompt).train
+        pairs = configured_preference_data(config).train
     conversations = [Conversation(pair.prompt + getattr(pair, side), None, pair.tools, pair.record)
                      for pair in pairs for side in ("chosen", "rejected")]
     return tokenize_conversations(tokenizer, conversations, config.data.max_length, "completions")

@@ -65,7 +65,7 @@ def build_peft_model(config, device: str, backend: BackendChoice, progress, *, s
                        device=device, progress=progress, sharded=sharded)
     # Not peft's prepare_model_for_kbit_training under 4-bit: it upcasts embeddings, lm_head and norms to fp32 (on
     # an 8B model ~2 GB more weights and a 2.2× slower step). They stay in the compute dtype (RMSNorm computes in
-    # fp32 internally anyway); checkpointing is switched on once it is decided (engine/train/preflight.plan_step).
+    # fp32 internally anyway); checkpointing is switched on once it is decided (engine/train/memory.plan_step).
     model.config.use_cache = False
     if config.model.adapter:
         from engine.models.adapters import attach_adapter

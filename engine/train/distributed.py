@@ -38,9 +38,10 @@ def check_strategy(strategy: str, device: str) -> None:
                           "— use distributed.strategy=ddp here")
 
 
-def shards_model(strategy: str) -> bool:
-    """Whether this run's weights are sharded over its processes (FSDP with more than one)."""
-    return strategy == "fsdp" and process_rank()[1] > 1
+def shards_model(strategy: str, processes: int | None = None) -> bool:
+    """Whether a run's weights are sharded over its processes (FSDP with more than one): this launched run's, or
+    one planned for `processes`."""
+    return strategy == "fsdp" and (process_rank()[1] if processes is None else processes) > 1
 
 
 def fsdp_training_args() -> dict[str, Any]:

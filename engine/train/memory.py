@@ -141,12 +141,13 @@ class StepPlan:
 
 
 def plan_step(config, model, samples, pad_token_id: int, *, device: str, dtype, backend: str, packed: bool,
-              sharded: bool, processes: int) -> StepPlan:
+              processes: int) -> StepPlan:
     """Estimate the run's worst step on this device and settle `train.gradient_checkpointing`: "auto" turns it
     on when the step would not fit without it (the preflight's verdict rule). The trainer and the preflight both
     decide here."""
     from engine.config import format_bytes
     from engine.data.tokenize import IGNORE_INDEX
+    from engine.train.distributed import shards_model
     from engine.train.loss import uses_chunked_loss
 
     rows = config.train.batch_size * (2 if config.train.method == "dpo" else 1)  # DPO: chosen and rejected
@@ -154,6 +155,8 @@ def plan_step(config, model, samples, pad_token_id: int, *, device: str, dtype, 
                           tokens_per_batch=config.train.tokens_per_batch if packed else 0)
     targets = batch.get("shift_labels", batch["labels"])
     shape = memory_shape(model, dtype)
+    sharded = shards_model(config.distributed.strategy, processes)
+    # FSDP: the output head's weights are shards outside the model's forward, so the model computes its own loss.
     chunked = uses_chunked_loss(backend) and not sharded
     available = available_memory(device)
 
@@ -195,8 +198,6 @@ def _element_bytes(tensor, default: int) -> int:
 def memory_shape(model, compute_dtype) -> MemoryShape:
     """The `MemoryShape` of a loaded model under LoRA (peft) computing in `compute_dtype`, read from its config,
     weights and the adapter layers of its first decoder layer."""
-    import torch
-
     from engine.train.distributed import held_weight_bytes
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -209,7 +210,7 @@ def memory_shape(model, compute_dtype) -> MemoryShape:
     lora_a = [param for module in first_layer for param in module.lora_A.parameters()]
     embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    compute = torch.tensor([], dtype=compute_dtype).element_size()
+    compute = compute_dtype.itemsize
     return MemoryShape(
         layers=int(getattr(text, "num_hidden_layers", 1)), hidden=hidden,
         intermediate=int(getattr(text, "intermediate_size", None) or 4 * hidden), heads=heads,

@@ -80,7 +80,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     from engine.models.loading import best_device, choose_dtype
     from engine.models.parts import chunked_loss_parts
     from engine.train.batches import packing_choice
-    from engine.train.distributed import resolve_processes
+    from engine.train.distributed import resolve_processes, shards_model
     from engine.train.loss import chunked_causal_lm_loss
 
     device = best_device()
@@ -93,9 +93,9 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
         prepare_data(config.data, tokenizer, config.train.seed).train
     packed = False if dpo else packing_choice(config.train.packing, device, model, len(tokenizer))[0]
     processes = resolve_processes(config.distributed.processes)
-    sharded = config.distributed.strategy == "fsdp" and processes > 1
+    sharded = shards_model(config.distributed.strategy, processes)
     plan = plan_step(config, model, samples, tokenizer.pad_token_id, device=device, dtype=dtype,
-                     backend=backend.name, packed=packed, sharded=sharded, processes=processes)
+                     backend=backend.name, packed=packed, processes=processes)
     batch, rows, estimate, available = plan.batch, plan.rows, plan.estimate, plan.available
     tokens = batch["input_ids"].shape[1]
     measured = reserved = None
@@ -127,7 +127,7 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     ratio = need / available if available else float("inf")
     verdict = verdict_for(need, available)
     how = "estimated per GPU" if sharded else "measured" if measured is not None else "estimated"
-    shown = f"{rows} x {tokens} tokens" if not packed else f"{batch['input_ids'].shape[1]} tokens packed"
+    shown = f"{tokens} tokens packed" if packed else f"{rows} x {tokens} tokens"
     reasons = [f"needs {need / 1e9:.2f} GB ({how}) of "
                f"{available / 1e9:.2f} GB available on {device} ({ratio:.0%})",
                f"estimate {estimate.total / 1e9:.2f} GB: weights {estimate.weights / 1e9:.2f} GB + LoRA grads/AdamW "

@@ -35,7 +35,6 @@ from engine.train.batches import (TokenBudgetPlan, check_token_budget, make_coll
 from engine.train.callback import run_directory_callback_class
 from engine.train.checkpoint import (read_state, remove_folder, remove_stale_staging,
                                      write_checkpoint)
-from engine.train.loss import uses_chunked_loss
 from engine.train.sft import build_sft_config, loradeck_trainer_class, to_dataset
 
 LOSS_TAIL = 50
@@ -619,14 +618,12 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: bundles carry what was read
     dpo = config.train.method == "dpo"
     if dpo:  # read (and refuse) the pairs before spending minutes loading a model
-        from engine.data.preferences import load_preference_data
+        from engine.data.preferences import configured_preference_data
 
         if not config.data.path:
             raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
                             "preferences.jsonl")
-        pairs = load_preference_data(config.data.path, eval_path=config.data.eval_path,
-                                     eval_split=config.data.eval_split, seed=config.train.seed,
-                                     system_prompt=config.data.system_prompt)
+        pairs = configured_preference_data(config)
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
     model, tokenizer = build_peft_model(config, device, backend, say, sharded=run.sharded)
@@ -670,9 +667,9 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         else:
             events.emit("warning", kind="packing", message="train.tokens_per_batch needs packed batches: "
                                                            "batch_size rows per micro-batch instead")
-    plan = plan_step(config, model, preference_samples(config, tokenizer, pairs.train) if dpo else data.train, tokenizer.pad_token_id,
-                     device=device, dtype=torch_dtype, backend=backend.name, packed=packed, sharded=run.sharded,
-                     processes=process_rank()[1])
+    samples = preference_samples(config, tokenizer, pairs.train) if dpo else data.train
+    plan = plan_step(config, model, samples, tokenizer.pad_token_id, device=device, dtype=torch_dtype,
+                     backend=backend.name, packed=packed, processes=process_rank()[1])
     checkpointing = plan.checkpointing
     if process_rank()[1] > 1:  # every rank checkpoints or none does: rank 0's memory decides
         from accelerate import PartialState
@@ -742,8 +739,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     settle_library_loggers()  # trl and datasets are imported by now
     run.trainer = trainer
     trainer.loradeck_run = run
-    # FSDP: the output head's weights are shards outside the model's forward, so the model computes its own loss.
-    trainer.loradeck_chunked_loss = uses_chunked_loss(backend.name) and not run.sharded
+    trainer.loradeck_chunked_loss = plan.chunked_loss
     if token_plan is not None:
         trainer.loradeck_token_plan = token_plan
     elif config.train.group_by_length and lengths:

@@ -212,10 +212,12 @@ def log_line(event: dict, colours: dict[str, str]) -> Text:
     elif kind == "model_loaded":
         label = "loaded"
         text = (f"{event.get('backend')} on {event.get('device')}, {event.get('data_format')} data, "
-                f"{event.get('train_rows')} rows, {event.get('max_steps')} steps"
-                + (", packed" if event.get("packing") is True else "")
-                + (", checkpointing" + (" (auto)" if str(event.get("checkpointing_reason", "")).startswith("auto")
-                                        else "") if event.get("gradient_checkpointing") is True else ""))
+                f"{event.get('train_rows')} rows, {event.get('max_steps')} steps")
+        if event.get("packing") is True:
+            text += ", packed"
+        if event.get("gradient_checkpointing") is True:
+            auto = str(event.get("checkpointing_reason", "")).startswith("auto")
+            text += ", checkpointing" + (" (auto)" if auto else "")
     elif kind == "control":
         label, text = "command", str(event.get("command"))
     elif kind == "eval_report":
