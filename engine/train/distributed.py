@@ -114,6 +114,16 @@ def agree(local: Any, main: Any) -> tuple[Any, list[Any]]:
     return gathered[0][1], [item[0] for item in gathered]
 
 
+def leave_process_group() -> None:
+    """Shut this rank's process group down before the interpreter exits (local to this rank, no collective).
+    Left to interpreter exit, gloo's connections close in whatever order destructors run, and a rank can end
+    with an error after the run was saved; call it only once every collective of the run is behind this rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class SilentEvents:
     """What a rank other than 0 writes to the run's event log: nothing (rank 0 speaks for the run)."""
 

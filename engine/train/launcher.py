@@ -18,6 +18,28 @@ from engine.run.paths import RunPaths, make_run_dir, private_files
 from engine.run.status import trainer_pid
 
 
+def print_progress(message: str) -> None:
+    """A training process's progress line on its stdout; its one-line error (`error: …`) on its stderr, as
+    every command's (the run's log, where the launcher sends a process's stderr)."""
+    print(message, flush=True, file=sys.stderr if message.startswith("error: ") else sys.stdout)
+
+
+def processes_exit_line(run_dir: str | Path, code: int) -> str:
+    """The one line that says why training processes started in this terminal exited with `code` (non-zero):
+    the run's recorded error, or that the run had ended and saved before a process failed, or that it never
+    started — with where their output is."""
+    from engine.run.status import summarize_run
+
+    paths = RunPaths(Path(run_dir))
+    summary = summarize_run(paths.root)
+    if summary.status == "failed" and summary.message:
+        return summary.message
+    if summary.status in ("finished", "stopped", "deadline"):
+        return (f"a training process exited with code {code} after the run ended ({summary.status}, step "
+                f"{summary.step}; its adapter is saved in {paths.adapter}); its output is in {paths.log_file}")
+    return f"the training processes exited with code {code} before the run started; their output is in {paths.log_file}"
+
+
 def new_run_dir(runs_dir: str | Path, label: str) -> Path:
     """A fresh, unique `runs_dir/<YYYYmmdd-HHMMSS>-<label>` path (not created)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")[:40] or "run"

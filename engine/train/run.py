@@ -433,15 +433,19 @@ def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | P
     Writes every event, checkpoint and the final adapter into the run directory.
     SIGTERM/SIGINT and `stop` commands save the adapter before returning.
     """
-    from engine.train.distributed import process_rank
+    from engine.train.distributed import leave_process_group, process_rank
 
     paths = RunPaths(Path(run_dir))
     allocator = settle_cuda_allocator()
     rank, world_size = process_rank()
     if rank > 0:
-        return _follow_run_dir(paths, config, resume_from, run_class, rank, allocator)
-    with private_files():
-        return _own_run_dir(paths, config, resume_from, on_step, run_class, progress, allocator, world_size)
+        code = _follow_run_dir(paths, config, resume_from, run_class, rank, allocator)
+    else:
+        with private_files():
+            code = _own_run_dir(paths, config, resume_from, on_step, run_class, progress, allocator, world_size)
+    if code == 0:  # a failed rank leaves its group to the launcher: shutting it down could wait on a lost peer
+        leave_process_group()
+    return code
 
 
 def _follow_run_dir(paths: RunPaths, config: RunConfig, resume_from, run_class, rank: int, allocator: str) -> int:

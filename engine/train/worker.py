@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.errors import LoradeckError
     from engine.library_output import leave_bitsandbytes_unimported, route_library_output
     from engine.run.paths import RunPaths
+    from engine.train.launcher import print_progress
     from engine.train.session import run_class_for
     from engine.train.run import run_training
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     route_library_output(None)  # this process's stderr is RUN_DIR/trainer.log
     leave_bitsandbytes_unimported(config.model.load_in_4bit)
     return run_training(args.run_dir, config, resume_from=args.resume, run_class=run_class_for(config),
-                        progress=lambda message: print(message, flush=True))
+                        progress=print_progress)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def test_a_bundle_saved_by_two_processes_resumes_on_one_with_the_same_rows(tiny_
               "train.warmup_steps=0", "session.with_optimizer=true"]
     assert loradeck("train", DEMO, "--run-dir", str(tmp_path / "whole"), "--foreground", *tiny_sets(
         tiny_model_dir, *common, "train.max_steps=6", "train.batch_size=4")).returncode == 0
-    assert loradeck("train", DEMO, "--run-dir", str(tmp_path / "part1"), "--foreground", "--processes", "2",
-                    *tiny_sets(tiny_model_dir, *common, "train.max_steps=3", "train.batch_size=2")).returncode == 0
+    part1 = loradeck("train", DEMO, "--run-dir", str(tmp_path / "part1"), "--foreground", "--processes", "2",
+                     *tiny_sets(tiny_model_dir, *common, "train.max_steps=3", "train.batch_size=2"))
+    assert part1.returncode == 0, part1.stderr + (tmp_path / "part1" / "trainer.log").read_text()[-3000:]
     resumed = loradeck("resume", str(tmp_path / "part1" / "handoff"), "--run-dir", str(tmp_path / "part2"),
                        "--foreground", "--processes", "1", "--set", "train.max_steps=6")
     assert resumed.returncode == 0, resumed.stderr
@@ -118,3 +119,17 @@ def test_the_session_clock_stops_two_processes_before_the_deadline_with_one_save
     finals = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "checkpoint" and e.get("final")]
     assert len(finals) == 1 and verify_checkpoint(run_dir / "handoff")["global_step"] == end["step"]
     wait_for(lambda: not pids_of(run_dir), timeout=60)
+
+
+def test_a_foreground_run_whose_processes_fail_says_why_in_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = loradeck("train", DEMO, "--run-dir", str(tmp_path / "run"), "--foreground", "--processes", "2",
+                      *tiny_sets(broken))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: SafetensorError:") and result.stderr.count("\n") == 1, result.stderr
+    assert finished(tmp_path / "run")["type"] == "error"

@@ -126,29 +126,27 @@ def _print_step(event: dict) -> None:
     print("  ".join(p for p in parts if p), flush=True)
 
 
-def _foreground_line(message: str) -> None:
-    """A foreground run's progress line on stdout; its one-line error on stderr, as every command's."""
-    print(message, flush=True, file=sys.stderr if message.startswith("error: ") else sys.stdout)
-
-
 def _foreground_processes(paths, processes: int, resume_from: Path | None) -> int:
     """Several ranks in this terminal: rank 0's progress lines here, every rank's library output in trainer.log."""
     import subprocess
 
     from engine import SOURCE_ROOT
     from engine.train.distributed import launch_command
+    from engine.train.launcher import processes_exit_line
 
     print(f"run directory: {paths.root} ({processes} processes)", flush=True)
     worker = ["engine.train.worker", str(paths.root)] + (["--resume", str(resume_from)] if resume_from else [])
     with open(paths.log_file, "ab") as log:
-        return subprocess.call(launch_command(processes, worker), stdin=subprocess.DEVNULL, stderr=log,
+        code = subprocess.call(launch_command(processes, worker), stdin=subprocess.DEVNULL, stderr=log,
                                cwd=str(SOURCE_ROOT))
+    if code:
+        print(f"error: {processes_exit_line(paths.root, code)}", file=sys.stderr, flush=True)
+    return code
 
 
 def _start_training(args, config, paths, resume_from: Path | None = None) -> int:
-    from engine.train.launcher import launch_detached
-
     from engine.train.distributed import resolve_processes
+    from engine.train.launcher import launch_detached, print_progress
 
     processes = resolve_processes(config.distributed.processes)
     if args.foreground and processes > 1:
@@ -162,7 +160,7 @@ def _start_training(args, config, paths, resume_from: Path | None = None) -> int
         leave_bitsandbytes_unimported(config.model.load_in_4bit)
         print(f"run directory: {paths.root}", flush=True)
         return run_training(paths.root, config, resume_from=resume_from, on_step=_print_step,
-                            run_class=run_class_for(config), progress=_foreground_line)
+                            run_class=run_class_for(config), progress=print_progress)
     pid = launch_detached(paths.root, resume_from=resume_from)
     print(f"{'resuming' if resume_from else 'training started'} (pid {pid}) in {paths.root}\n"
           f"  watch:   loradeck attach {paths.root}\n"

@@ -180,3 +180,17 @@ def test_a_second_trainer_on_a_held_run_directory_is_refused_and_writes_nothing(
         holder.wait()
     assert code == 2 and "another trainer is running in this run directory" in said[0]
     assert not (run / "events.jsonl").exists() and not (run / "trainer.pid").exists()
+
+
+def test_processes_that_exit_non_zero_are_explained_in_one_line_by_what_the_run_recorded(tmp_path):
+    from engine.train.launcher import processes_exit_line
+
+    failed = write_run(tmp_path / "failed", STARTED + [{"type": "error", "message": "rank 1 of 2 ended: boom"}])
+    assert processes_exit_line(failed, 1) == "rank 1 of 2 ended: boom"
+    saved = write_run(tmp_path / "saved", STARTED + [{"type": "finished", "reason": "completed", "step": 4}])
+    line = processes_exit_line(saved, 1)
+    assert line.startswith("a training process exited with code 1 after the run ended (finished, step 4")
+    assert str(saved / "adapter") in line and str(saved / "trainer.log") in line and "\n" not in line
+    never = write_run(tmp_path / "never", None)
+    assert processes_exit_line(never, 2) == (f"the training processes exited with code 2 before the run started; "
+                                             f"their output is in {never / 'trainer.log'}")
