@@ -338,15 +338,17 @@ def _eos_check(tokenizer, samples: list[TokenizedSample], found: _Collector) -> 
             found.add("no_eos", sample.record_number)
 
 
-def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length: int = 1024,
+def inspect_dataset(path: str | Path, tokenizer=None, *, model_name: str, max_length: int = 1024,
                     data_format: str = "auto", eval_split: float = 0.1, seed: int = 42, system_prompt: str = "",
                     eval_path: str | Path = "", train_on: str = "completions",
-                    progress: Callable[[str, float], None] | None = None) -> InspectReport:
+                    progress: Callable[[str, float], None] | None = None,
+                    load_tokenizer: Callable[[], Any] | None = None) -> InspectReport:
     """Load, render and tokenize a dataset as training would, and report its shape and problems.
 
     Raises DataError (one line: file, record, what to do) for unreadable files,
     exactly like training does. The train / held-out counts follow training's rule (`training_split`): with
-    `eval_path` every row trains and that file's rows are held out.
+    `eval_path` every row trains and that file's rows are held out. Without `tokenizer`, `load_tokenizer` is
+    called once the files have been read, so a broken file is refused before a model's tokenizer loads.
     """
     say = progress or (lambda stage, fraction: None)
     started = time.monotonic()
@@ -356,6 +358,10 @@ def inspect_dataset(path: str | Path, tokenizer, *, model_name: str, max_length:
     numbers = [c.source.number if c.source else i + 1 for i, c in enumerate(conversations)]
     train, held_out = training_split(conversations, eval_path=eval_path, data_format=data_format,
                                      system_prompt=system_prompt, eval_split=eval_split, seed=seed)
+    if tokenizer is None:
+        if load_tokenizer is None:
+            raise TypeError("inspect_dataset needs a tokenizer or load_tokenizer")
+        tokenizer = load_tokenizer()
     say("tokenizing", 0.1)
     samples: list[TokenizedSample] = []
     chunk = 2000

@@ -13,7 +13,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
-from engine.data.readers import Conversation, load_dataset_file, to_conversations, training_split, turn_text
+from engine.data.readers import Conversation, LoadedDataset, load_dataset_file, to_conversations, training_split, turn_text
 from engine.errors import DataError
 
 IGNORE_INDEX = -100
@@ -227,15 +227,32 @@ class PreparedData:
     truncated: list[int]
 
 
-def prepare_data(data_config, tokenizer, seed: int) -> PreparedData:
-    """Load, convert, split and tokenize the configured data; refuse data that would train nothing."""
+@dataclass
+class ReadData:
+    """The configured data read and split as training splits it, before any tokenizer is needed."""
+
+    loaded: LoadedDataset  # rows, format and the reader's notes
+    train: list[Conversation]
+    eval: list[Conversation]
+
+
+def read_data(data_config, seed: int) -> ReadData:
+    """Load, convert and split the configured data; a missing or broken file is a DataError here, before a
+    model (or its tokenizer) is loaded."""
     if not data_config.path:
         raise DataError("data.path is empty — set it in the config or with --set data.path=FILE")
     loaded = load_dataset_file(data_config.path, data_config.format)
     conversations = to_conversations(loaded, data_config.system_prompt)
-    train_conv, eval_conv = training_split(conversations, eval_path=data_config.eval_path,
-                                           data_format=data_config.format, system_prompt=data_config.system_prompt,
-                                           eval_split=data_config.eval_split, seed=seed)
+    train, evaluation = training_split(conversations, eval_path=data_config.eval_path, data_format=data_config.format,
+                                       system_prompt=data_config.system_prompt, eval_split=data_config.eval_split,
+                                       seed=seed)
+    return ReadData(loaded, train, evaluation)
+
+
+def prepare_data(data_config, tokenizer, seed: int, read: ReadData | None = None) -> PreparedData:
+    """Tokenize the configured data (`read`, or read now by `read_data`); refuse data that would train nothing."""
+    read = read or read_data(data_config, seed)
+    loaded, train_conv, eval_conv = read.loaded, read.train, read.eval
     train_on = "all" if loaded.format == "text" else data_config.train_on
     train = tokenize_conversations(tokenizer, train_conv, data_config.max_length, train_on)
     evaluation = tokenize_conversations(tokenizer, eval_conv, data_config.max_length, train_on)

@@ -74,8 +74,8 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
     """Estimate and (unless `measure` is False) measure the memory a run needs, with a verdict."""
     import torch
 
-    from engine.data.preferences import preference_samples
-    from engine.data.tokenize import prepare_data
+    from engine.data.preferences import configured_preference_data, preference_samples
+    from engine.data.tokenize import prepare_data, read_data
     from engine.models.backends import build_peft_model, choose_backend
     from engine.models.loading import best_device, choose_dtype
     from engine.models.parts import chunked_loss_parts
@@ -85,12 +85,15 @@ def run_preflight(config, *, measure: bool = True, progress=lambda message: None
 
     device = best_device()
     dtype = choose_dtype(config.model.dtype, device)
+    dpo = config.train.method == "dpo"
+    # the data first: a broken file is refused before the model loads
+    pairs = configured_preference_data(config).train if dpo else None
+    read = None if dpo else read_data(config.data, config.train.seed)
     progress(f"loading {config.model.name} on {device}")
     backend = choose_backend(config.backend.name, device)
     model, tokenizer = build_peft_model(config, device, backend, progress)
-    dpo = config.train.method == "dpo"
-    samples = preference_samples(config, tokenizer) if dpo else \
-        prepare_data(config.data, tokenizer, config.train.seed).train
+    samples = preference_samples(config, tokenizer, pairs) if dpo else \
+        prepare_data(config.data, tokenizer, config.train.seed, read).train
     packed = False if dpo else packing_choice(config.train.packing, device, model, len(tokenizer))[0]
     processes = resolve_processes(config.distributed.processes)
     sharded = shards_model(config.distributed.strategy, processes)

@@ -598,7 +598,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     import torch
 
     from engine.models.backends import build_peft_model, choose_backend
-    from engine.data.tokenize import prepare_data
+    from engine.data.tokenize import prepare_data, read_data
     from engine.models.loading import best_device, dtype_choice
 
     from engine.models.fingerprint import base_fingerprint, check_fingerprint
@@ -621,13 +621,15 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     if run.main:
         run.data_files = snapshot_data_files(config, run.paths.root)  # before reading: bundles carry what was read
     dpo = config.train.method == "dpo"
-    if dpo:  # read (and refuse) the pairs before spending minutes loading a model
+    if dpo:  # read (and refuse) the data before spending minutes loading a model
         from engine.data.preferences import configured_preference_data
 
         if not config.data.path:
             raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
                             "preferences.jsonl")
         pairs = configured_preference_data(config)
+    else:
+        read = read_data(config.data, config.train.seed)
     say(f"loading {config.model.name} on {device} ({backend.name})")
     loaded_at = time.monotonic()
     model, tokenizer = build_peft_model(config, device, backend, say, sharded=run.sharded)
@@ -654,7 +656,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         format_reason = "prompt / chosen / rejected pairs (train.method = dpo)"
         packed, packing_reason = False, "DPO pairs are padded batches (TRL's preference collator)"
     else:
-        data = prepare_data(config.data, tokenizer, config.train.seed)
+        data = prepare_data(config.data, tokenizer, config.train.seed, read)
         train_rows, eval_rows, notes = len(data.train), len(data.eval), data.notes
         data_format, format_reason = data.format, data.format_reason
         packed, packing_reason = packing_choice(config.train.packing, device, model, len(tokenizer))

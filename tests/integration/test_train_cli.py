@@ -93,6 +93,7 @@ def test_bad_config_and_bad_data_are_one_line_errors(tiny_model_dir, tmp_path):
     assert "bad.jsonl:2: invalid JSON" in error["message"]
     status = loradeck("status", str(tmp_path / "run"))
     assert "[failed]" in status.stdout and "bad.jsonl:2" in status.stdout
+    assert "loading" not in (tmp_path / "run" / "trainer.log").read_text(), "refused before the model loads"
     result = loradeck("train", DEMO, "--run-dir", str(tmp_path / "dpo"), "--foreground",
                       *tiny_sets(tiny_model_dir, "train.method=dpo"))  # SFT rows are not preference pairs
     assert result.returncode == 2 and "Traceback" not in result.stderr

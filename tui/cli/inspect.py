@@ -35,9 +35,9 @@ def _cmd_inspect(args) -> int:
     config = load_config(args.config) if args.config else None
     model = args.model or (config.model.name if config else DEFAULT_MODEL)
     max_length = args.max_length or (config.data.max_length if config else 1024)
-    tokenizer = load_tokenizer(model, progress=lambda message: print(message, file=sys.stderr))
-    report = inspect_dataset(args.dataset, tokenizer, model_name=model, max_length=max_length,
-                             data_format=args.format,
+    report = inspect_dataset(args.dataset, model_name=model, max_length=max_length, data_format=args.format,
+                             load_tokenizer=lambda: load_tokenizer(model, progress=lambda message: print(
+                                 message, file=sys.stderr)),
                              eval_split=config.data.eval_split if config else 0.1,
                              eval_path=config.data.eval_path if config else "",
                              seed=config.train.seed if config else 42,

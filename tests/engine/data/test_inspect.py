@@ -193,3 +193,19 @@ def test_an_answer_far_longer_than_the_rest_is_reported(smollm_tokenizer, tmp_pa
     found = codes(run(write(tmp_path, rows + [long_row]), smollm_tokenizer))
     assert found.get("long_answer") == [16]
     assert "long_answer" not in codes(run(write(tmp_path, rows), smollm_tokenizer))
+
+
+def test_a_broken_file_is_refused_before_the_tokenizer_loads_and_a_sound_one_loads_it_once(tmp_path, smollm_tokenizer):
+    loads = []
+
+    def load_tokenizer():
+        loads.append(1)
+        return smollm_tokenizer
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": "y"}\n{"instruction": \n')
+    with pytest.raises(DataError, match="bad.jsonl:2: invalid JSON"):
+        inspect_dataset(bad, model_name="m", load_tokenizer=load_tokenizer)
+    assert loads == []
+    report = inspect_dataset(write(tmp_path, CLEAN), model_name="m", load_tokenizer=load_tokenizer)
+    assert loads == [1] and report.rows == len(CLEAN)
