@@ -70,6 +70,7 @@ def _cmd_chat(args) -> int:
         LoradeckApp(Path(args.runs_dir), args.config, chat=(base, args.adapter, args.load_in_4bit or run_4bit)).run()
         return 0
     prompts = _chat_prompts(args)
+    ratings = _blind_ratings_folder(args) if args.blind else None  # refused before any model loads
     from engine.library_output import leave_bitsandbytes_unimported
 
     load_in_4bit = args.load_in_4bit or run_4bit
@@ -79,7 +80,7 @@ def _cmd_chat(args) -> int:
     if args.compare or not labels:
         labels.insert(0, BASE_LABEL)
     if args.blind:
-        return _blind_chat(args, models, labels, prompts, settings)
+        return _blind_chat(models, labels, prompts, settings, ratings)
     for number, item in enumerate(prompts, 1):
         panes = [Pane(label, item.messages) for label in labels]
         if args.json:
@@ -102,21 +103,29 @@ BLIND_KEYS = {"a": "left", "1": "left", "b": "right", "2": "right", "t": "tie", 
               "0": "both_bad"}
 
 
-def _blind_chat(args, models, labels, prompts, settings) -> int:
-    """Plain-terminal blind A/B: two answers as A and B, one key, reveal, save, tally."""
-    import random
-
-    from engine.chat.generation import BASE_LABEL, Pane, ratings_folder
+def _blind_ratings_folder(args) -> Path:
+    """Where `chat --blind` saves its ratings; refuses, in one line, anything but exactly two models to compare."""
+    from engine.chat.generation import BASE_LABEL, ratings_folder
     from engine.errors import ConfigError
-    from engine.chat.rating import RatingLog, blind_sides, tally
 
-    if len(labels) != 2:
-        raise ConfigError(f"chat --blind compares exactly two models, got {len(labels)} ({', '.join(labels)}) — "
+    compared = ([BASE_LABEL] if args.compare or not args.adapter else []) + [str(a) for a in args.adapter]
+    if len(compared) != 2:
+        raise ConfigError(f"chat --blind compares exactly two models, got {len(compared)} ({', '.join(compared)}) — "
                           "pass one --adapter with --compare, or two adapters")
     folder = Path(args.ratings).expanduser() if args.ratings else ratings_folder(args.adapter)
     if folder is None:
         raise ConfigError("chat --blind: this adapter is not inside a run directory — say where to save the ratings "
                           "with --ratings DIR")
+    return folder
+
+
+def _blind_chat(models, labels, prompts, settings, folder: Path) -> int:
+    """Plain-terminal blind A/B: two answers as A and B, one key, reveal, save, tally."""
+    import random
+
+    from engine.chat.generation import BASE_LABEL, Pane
+    from engine.chat.rating import RatingLog, blind_sides, tally
+
     log = RatingLog(folder)
     challenger, reference = (labels[1], labels[0]) if labels[0] == BASE_LABEL else (labels[0], labels[1])
     rng = random.Random()
