@@ -142,23 +142,46 @@ def _read_table(rows: Iterable[dict], path: str) -> list[Record]:
     return [Record(dict(row), index) for index, row in enumerate(rows, start=1)]
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Every row of a local dataset file or `save_to_disk` folder, or a hub dataset where the network allows."""
+def require_data_path(path: str, method: str = "sft") -> None:
+    """Refuse an empty `data.path` in one line that says what a run of `method` (sft or dpo) trains on."""
+    if not path:
+        raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
+                        "preferences.jsonl" if method == "dpo" else
+                        "data.path is empty — set it in the config or with --set data.path=FILE")
+
+
+def is_hub_dataset(path: str | Path) -> bool:
+    """Whether a data path names a hub dataset (`owner/name`, nothing by that name here) instead of a local file."""
+    text = str(path)
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~")) and Path(text).suffix == ""
+            and not Path(text).expanduser().exists())
+
+
+def check_data_source(path: str | Path) -> None:
+    """Refuse, without reading it, a data path that names no dataset: a missing file, or a folder that is not a
+    `save_to_disk` folder. A hub name passes (it is tried when read)."""
     source = Path(path).expanduser()
     if source.is_dir():
-        if (source / "dataset_info.json").is_file() or (source / "dataset_dict.json").is_file():
-            from datasets import DatasetDict, load_from_disk
-
-            loaded = load_from_disk(str(source))
-            if isinstance(loaded, DatasetDict):
-                split = "train" if "train" in loaded else next(iter(loaded))
-                loaded = loaded[split]
-            return _read_table(loaded, str(source))
-        raise DataError(f"{path}: a folder, but not a datasets.save_to_disk folder — point at a data file instead")
-    if not source.exists():
-        if str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")) and source.suffix == "":
-            return _read_hub(str(path))
+        if not ((source / "dataset_info.json").is_file() or (source / "dataset_dict.json").is_file()):
+            raise DataError(f"{path}: a folder, but not a datasets.save_to_disk folder — point at a data file instead")
+    elif not source.exists() and not is_hub_dataset(path):
         raise DataError(f"{path}: no such file — check data.path (relative paths count from the config's folder)")
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Every row of a local dataset file or `save_to_disk` folder, or a hub dataset where the network allows."""
+    check_data_source(path)
+    source = Path(path).expanduser()
+    if source.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        loaded = load_from_disk(str(source))
+        if isinstance(loaded, DatasetDict):
+            split = "train" if "train" in loaded else next(iter(loaded))
+            loaded = loaded[split]
+        return _read_table(loaded, str(source))
+    if is_hub_dataset(path):
+        return _read_hub(str(path))
     suffix = source.suffix.lower()
     if suffix == ".parquet":
         try:

@@ -13,7 +13,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
-from engine.data.readers import Conversation, LoadedDataset, load_dataset_file, to_conversations, training_split, turn_text
+from engine.data.readers import (Conversation, LoadedDataset, load_dataset_file, require_data_path, to_conversations,
+                                 training_split, turn_text)
 from engine.errors import DataError
 
 IGNORE_INDEX = -100
@@ -239,8 +240,7 @@ class ReadData:
 def read_data(data_config, seed: int) -> ReadData:
     """Load, convert and split the configured data; a missing or broken file is a DataError here, before a
     model (or its tokenizer) is loaded."""
-    if not data_config.path:
-        raise DataError("data.path is empty — set it in the config or with --set data.path=FILE")
+    require_data_path(data_config.path)
     loaded = load_dataset_file(data_config.path, data_config.format)
     conversations = to_conversations(loaded, data_config.system_prompt)
     train, evaluation = training_split(conversations, eval_path=data_config.eval_path, data_format=data_config.format,

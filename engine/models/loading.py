@@ -150,26 +150,35 @@ def convert_gguf(gguf: Path, target: Path, progress: Callable[[str], None] = _st
     return target
 
 
-def resolve_model(name: str, progress: Callable[[str], None] = _stderr_progress) -> str:
-    """Turn `model.name` into something `from_pretrained` loads: a folder path or a hub id.
-
-    Bundled aliases are converted into the cache on first use; `.gguf` files are
-    converted likewise; local folders must hold a `config.json`.
-    """
+def check_model_name(name: str) -> None:
+    """Refuse, without loading anything, a `model.name` that names no model: a missing GGUF file or folder, or a
+    folder without `config.json`. Bundled aliases and hub ids pass (they are checked when loaded)."""
     if name in BUNDLED_MODELS:
-        return str(convert_gguf(bundled_gguf(name), cache_dir() / name, progress))
+        return
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"model '{name}': GGUF file not found")
-        return str(convert_gguf(path.resolve(), cache_dir() / path.stem, progress))
-    if path.exists():
+    elif path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model '{name}': folder has no config.json — point model.name at a Hugging Face model folder")
-        return str(path.resolve())
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': no such folder — check the path, or use {next(iter(BUNDLED_MODELS))}")
-    return name
+
+
+def resolve_model(name: str, progress: Callable[[str], None] = _stderr_progress) -> str:
+    """Turn `model.name` into something `from_pretrained` loads: a folder path or a hub id.
+
+    Bundled aliases are converted into the cache on first use; `.gguf` files are
+    converted likewise; local folders must hold a `config.json` (`check_model_name`).
+    """
+    check_model_name(name)
+    if name in BUNDLED_MODELS:
+        return str(convert_gguf(bundled_gguf(name), cache_dir() / name, progress))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str(convert_gguf(path.resolve(), cache_dir() / path.stem, progress))
+    return str(path.resolve()) if path.exists() else name
 
 
 def _offline_error(name: str, exc: Exception) -> ModelError:

@@ -50,9 +50,27 @@ def new_run_dir(runs_dir: str | Path, label: str) -> Path:
     return candidate
 
 
+def check_run_inputs(config: RunConfig) -> None:
+    """Refuse, in one line and before any run directory or process exists, a run whose model, adapter or data
+    files are not there (what can be checked without reading them; their contents are the trainer's to refuse)."""
+    from engine.data.readers import check_data_source, require_data_path
+    from engine.models.adapters import resolve_adapter
+    from engine.models.loading import check_model_name
+
+    check_model_name(config.model.name)
+    if config.model.adapter:
+        resolve_adapter(config.model.adapter)
+    require_data_path(config.data.path, config.train.method)
+    check_data_source(config.data.path)
+    if config.data.eval_path:
+        check_data_source(config.data.eval_path)
+
+
 def prepare_run_dir(run_dir: str | Path, config: RunConfig) -> RunPaths:
-    """Create the run directory with its resolved config; refuses a directory with a live trainer or history."""
+    """Create the run directory with its resolved config; refuses a directory with a live trainer or history,
+    and a run whose inputs are missing (`check_run_inputs`)."""
     paths = RunPaths(Path(run_dir))
+    check_run_inputs(config)
     if trainer_pid(paths.root) is not None:
         raise RunError(f"{run_dir}: a trainer is already running here — attach to it, or pick another --run-dir")
     if paths.events.exists():

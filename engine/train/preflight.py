@@ -72,6 +72,9 @@ class _PeakRss:
 
 def run_preflight(config, *, measure: bool = True, progress=lambda message: None) -> PreflightReport:
     """Estimate and (unless `measure` is False) measure the memory a run needs, with a verdict."""
+    from engine.train.launcher import check_run_inputs
+
+    check_run_inputs(config)  # a missing model or file is refused before torch is even imported
     import torch
 
     from engine.data.preferences import configured_preference_data, preference_samples

@@ -623,10 +623,9 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     dpo = config.train.method == "dpo"
     if dpo:  # read (and refuse) the data before spending minutes loading a model
         from engine.data.preferences import configured_preference_data
+        from engine.data.readers import require_data_path
 
-        if not config.data.path:
-            raise DataError("data.path is empty — set it to preference pairs, e.g. --set data.path=RUN/chat/"
-                            "preferences.jsonl")
+        require_data_path(config.data.path, "dpo")
         pairs = configured_preference_data(config)
     else:
         read = read_data(config.data, config.train.seed)

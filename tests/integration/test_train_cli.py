@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.run.events import read_events
 from tests.conftest import LORADECK, REPO, SAMPLE_DATA
 
@@ -135,3 +137,18 @@ def test_resume_interrupted_while_copying_the_bundle_says_so_and_leaves_nothing(
     error = capsys.readouterr().err
     assert code != 0 and "resume interrupted while copying the bundle" in error and not target.exists()
     assert signal.getsignal(signal.SIGTERM) == handler, "the CLI's own SIGTERM handling is restored"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.path=/nowhere/train.jsonl", "/nowhere/train.jsonl: no such file — check data.path"),
+    ("data.eval_path=/nowhere/eval.jsonl", "/nowhere/eval.jsonl: no such file"),
+    ("model.name=/nowhere/model", "model '/nowhere/model': no such folder"),
+    ("model.adapter=/nowhere/adapter", "adapter '/nowhere/adapter': no such folder"),
+    ("data.path=", "data.path is empty"),
+])
+def test_missing_inputs_are_refused_before_a_run_directory_or_trainer_exists(tmp_path, setting, message):
+    for command in (["train", DEMO, "--run-dir", str(tmp_path / "run")], ["preflight", DEMO]):
+        result = loradeck(*command, "--set", setting)
+        assert result.returncode == 2 and result.stderr.startswith(f"loradeck: error: {message}"), result.stderr
+        assert result.stderr.count("\n") == 1 and "loading" not in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()

@@ -144,6 +144,25 @@ async def test_the_form_starts_from_the_config_it_last_saved_and_ctrl_r_resets_i
         assert third.screen.query_one("#field-lora-r", Input).value == str(load_config(DEMO).lora.r)
 
 
+async def test_starting_a_run_whose_model_folder_is_gone_says_so_and_makes_no_run(tmp_path):
+    from tests.tui.pilot_helpers import wait_until
+
+    runs = tmp_path / "runs"
+    app = LoradeckApp(runs_dir=runs, config_path=DEMO)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        app.screen.query_one("#field-model-name", Input).value = str(tmp_path / "moved-away")
+        app.screen.query_one("#save-path", Input).value = str(tmp_path / "tiny.toml")
+        await pilot.pause(0.1)
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: any("moved-away': no such folder" in n.message
+                                            for n in app._notifications), timeout=10)
+        assert isinstance(app.screen, NewRunScreen), "the form stays, its values intact"
+        assert app.screen.query_one("#field-model-name", Input).value.endswith("moved-away")
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 async def test_new_run_preflight_then_start_opens_the_monitor_on_a_live_run(tiny_model_dir, tmp_path):
     from engine.run.control import send_command
     from engine.run.status import trainer_pid

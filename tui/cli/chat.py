@@ -53,6 +53,7 @@ def _chat_prompts(args):
 def _cmd_chat(args) -> int:
     from engine.chat.generation import BASE_LABEL, ChatModels, GenerationSettings, Pane
     from engine.models.adapters import base_for
+    from engine.models.loading import check_model_name
     from engine.config import load_config
     from engine.errors import ConfigError
 
@@ -62,6 +63,7 @@ def _cmd_chat(args) -> int:
         raise ConfigError(f"chat: {settings.problem()}")
     config_base = load_config(args.config).model.name if args.config else None
     base, run_4bit = base_for(args.adapter, args.base, config_base)
+    check_model_name(base)  # before any library loads
     if args.prompt is None and args.prompts is None:
         if args.blind or args.json:
             raise ConfigError("chat: --blind and --json need --prompt or --prompts (or drop them to open the TUI)")
