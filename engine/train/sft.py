@@ -83,19 +83,26 @@ def trainer_mixin():
                 self._continue_schedule(self.loradeck_schedule_from)
 
         def _continue_schedule(self, step: int) -> None:
-            """The total steps changed since the bundle was saved: from `step` on, the configured shape (no
-            warmup) over the steps left, scaled to start at the rate the bundle reached — no jump."""
+            """The total steps changed since the bundle was saved: from `step` on, the configured shape over the
+            steps left — scaled to start at the rate the bundle reached (no warmup, no jump), or, when its
+            schedule had ended (`loradeck_schedule_warmup` set by `schedule_change`), a new schedule from the
+            configured rate after that many warmup steps."""
             import torch
             from transformers import get_scheduler
 
             left = max(1, self.args.max_steps - step)
+            warmup = getattr(self, "loradeck_schedule_warmup", None)
             probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-            shape = get_scheduler(self.args.lr_scheduler_type, probe, num_warmup_steps=0,
+            shape = get_scheduler(self.args.lr_scheduler_type, probe, num_warmup_steps=warmup or 0,
                                   num_training_steps=left).lr_lambdas[0]
             reached = [group["lr"] for group in self.optimizer.param_groups]
-            self.lr_scheduler.lr_lambdas = [
-                (lambda current, scale=lr / base if base else 0.0: scale * shape(current - step))
-                for lr, base in zip(reached, self.lr_scheduler.base_lrs)]
+            scales = [1.0 if warmup is not None else (lr / base if base else 0.0)
+                      for lr, base in zip(reached, self.lr_scheduler.base_lrs)]
+            self.lr_scheduler.lr_lambdas = [(lambda current, scale=scale: scale * shape(current - step))
+                                            for scale in scales]
+            for group, scale, base in zip(self.optimizer.param_groups, scales, self.lr_scheduler.base_lrs):
+                group["lr"] = base * scale * shape(0)  # the next step's rate (the scheduler moves after it)
+            self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     return LoradeckTrainerMixin
 

@@ -366,3 +366,28 @@ def test_a_resume_with_a_new_max_steps_continues_the_learning_rate_smoothly(tiny
     assert reached * 0.5 < lrs[0] <= reached, "step 5 takes the rate the old schedule had reached: no jump"
     expected = [lrs[0] * 0.5 * (1 + math.cos(math.pi * k / left)) for k in range(left)]
     assert lrs == pytest.approx(expected, rel=1e-6), "then the cosine shape over the steps left"
+
+
+def test_lengthening_a_finished_run_starts_a_new_schedule_instead_of_training_at_rate_zero(tiny_model_dir, tmp_path):
+    data = _demo_subset(tmp_path)
+    config = tiny_config(tiny_model_dir, *EQUIVALENCE, f"data.path={data}")
+    assert run_training(tmp_path / "part1", config) == 0
+    first = [e["lr"] for e in read_events(tmp_path / "part1" / "events.jsonl") if e["type"] == "step"]
+    assert first[-1] < 0.05 * config.train.learning_rate, "cosine decays to ~0 by the last planned step"
+    resumed = open_bundle(tmp_path / "part1" / "handoff")
+    resumed.config.train.max_steps = 16
+    assert run_training(tmp_path / "part2", resumed.config, resume_from=resumed.path) == 0
+    events = read_events(tmp_path / "part2" / "events.jsonl")
+    note = next(e for e in events if e["type"] == "resumed")["schedule"]
+    assert note == ("train.max_steps changed 10 → 16: the old schedule had ended at step 10, so a new one starts — "
+                    f"2 warmup steps to train.learning_rate={config.train.learning_rate:g}, then the cosine shape "
+                    "over the 6 steps left")
+    lrs = [e["lr"] for e in events if e["type"] == "step"]
+    rate = config.train.learning_rate
+    expected = [0.0, rate / 2] + [rate * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12), "warmup to the configured rate, then cosine"
+    from safetensors.torch import load_file
+
+    before = load_file(tmp_path / "part1" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "part2" / "adapter" / "adapter_model.safetensors")
+    assert max((after[k] - before[k]).abs().max().item() for k in before) > 1e-4, "the adapter trained on"
