@@ -151,7 +151,11 @@ def load_preference_data(path: str | Path, *, eval_path: str | Path = "", eval_s
 
 
 def configured_preference_data(config) -> PreferenceData:
-    """The pairs a run config trains on and holds out (its data section and seed)."""
+    """The pairs a run config trains on and holds out (its data section and seed); an empty `data.path` is
+    refused saying it needs preference pairs."""
+    from engine.data.readers import require_data_path
+
+    require_data_path(config.data.path, "dpo")
     return load_preference_data(config.data.path, eval_path=config.data.eval_path, eval_split=config.data.eval_split,
                                 seed=config.train.seed, system_prompt=config.data.system_prompt)
 

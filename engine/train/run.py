@@ -409,28 +409,29 @@ class TrainingRun:
         self.events.emit("telemetry", step=step, **collect_telemetry(ranks))
 
 
-def schedule_change(bundle: str | Path, bundle_state: dict, max_steps: int, train) -> tuple[str, bool]:
-    """What resuming does to the learning-rate schedule when the total number of steps changed (('', False) when
-    it did not), and whether a new schedule starts. A bundle stopped before its schedule's end continues it: the
-    rate it reached, then the configured shape over the steps now left, with no jump. A bundle whose schedule had
-    run to its end (its rate decayed to 0 under linear or cosine) would train on at 0, so a new one starts: the
-    configured warmup (at most the steps left) to `train.learning_rate`, then the shape."""
+def schedule_change(bundle: str | Path, bundle_state: dict, max_steps: int, train) -> tuple[str, int | None]:
+    """What resuming does to the learning-rate schedule when the total number of steps changed ('' when it did
+    not), and the warmup steps of a new schedule (None: the old one continues). A bundle stopped before its
+    schedule's end continues it: the rate it reached, then the configured shape over the steps now left, with no
+    jump. A bundle whose schedule had run to its end (its rate decayed to 0 under linear or cosine) would train on
+    at 0, so a new one starts: the configured warmup (at most the steps left) to `train.learning_rate`, then the
+    shape."""
     try:
         planned = json.loads((Path(bundle) / "trainer_state.json").read_text(encoding="utf-8")).get("max_steps")
     except (OSError, ValueError):
-        return "", False
+        return "", None
     step = bundle_state["global_step"]
     if not isinstance(planned, int) or planned == max_steps or step >= max_steps:
-        return "", False
+        return "", None
     left = max_steps - step
     if step >= planned:
         warmup = min(train.warmup_steps, left)
         return (f"train.max_steps changed {planned} → {max_steps}: the old schedule had ended at step {step}, so a "
                 f"new one starts — {warmup} warmup step{'s' if warmup != 1 else ''} to train.learning_rate="
-                f"{train.learning_rate:g}, then the {train.lr_scheduler} shape over the {left} steps left"), True
+                f"{train.learning_rate:g}, then the {train.lr_scheduler} shape over the {left} steps left"), warmup
     return (f"train.max_steps changed {planned} → {max_steps}: the learning rate continues from the rate the old "
             f"schedule had reached at step {step + 1} and follows the {train.lr_scheduler} shape over the "
-            f"{left} steps left (no jump)"), False
+            f"{left} steps left (no jump)"), None
 
 
 def run_training(run_dir: str | Path, config: RunConfig, *, resume_from: str | Path | None = None,
@@ -631,9 +632,7 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
     dpo = config.train.method == "dpo"
     if dpo:  # read (and refuse) the data before spending minutes loading a model
         from engine.data.preferences import configured_preference_data
-        from engine.data.readers import require_data_path
 
-        require_data_path(config.data.path, "dpo")
         pairs = configured_preference_data(config)
     else:
         read = read_data(config.data, config.train.seed)
@@ -761,12 +760,11 @@ def _train(run: TrainingRun, resume_from, on_step, say) -> int:
         run.resumed_from = {"path": str(Path(resume_from).resolve()), "step": bundle_state["global_step"],
                             "host": os.uname().nodename}
         run.loss_tail.extend(bundle_state.get("loss_tail") or [])
-        schedule, new_schedule = schedule_change(resume_from, bundle_state, max_steps, config.train)
+        schedule, new_schedule_warmup = schedule_change(resume_from, bundle_state, max_steps, config.train)
         say(resumed_line(bundle_state["global_step"], bundle_state.get("epoch"), bundle_state.get("with_optimizer")))
         if schedule:
             trainer.loradeck_schedule_from = bundle_state["global_step"]
-            trainer.loradeck_schedule_warmup = min(config.train.warmup_steps, max_steps - bundle_state["global_step"]) \
-                if new_schedule else None
+            trainer.loradeck_schedule_warmup = new_schedule_warmup
             say(schedule)
         events.emit("resumed", step=bundle_state["global_step"], epoch=bundle_state.get("epoch"),
                     bundle=str(resume_from), with_optimizer=bool(bundle_state.get("with_optimizer")),
